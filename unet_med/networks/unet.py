@@ -1,0 +1,272 @@
+"""The U-Net of Ronneberger, Fischer and Brox (2015) for 2D and 3D, with the options later work added."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Dropout, Pool
+from torch import nn
+
+from unet_med.networks import sizing
+from unet_med.networks.blocks import ConvBlock, UpSample, center_crop
+
+__all__ = ["UNet"]
+
+CONV_MODES = ("same", "valid")
+UP_MODES = ("deconv", "nontrainable")
+INITS = ("he", "xavier", None)
+
+
+class UNet(nn.Module):
+    """U-Net for 2D and 3D segmentation that returns raw logits.
+
+    A contracting path of double-convolution blocks and 2x max pooling, an expanding path of 2x up-sampling,
+    concatenation with the (centre-cropped) skip connection and a double convolution, and a 1x1 head. With
+    ``features=(64, 128, 256, 512, 1024)``, ``conv_mode="valid"``, ``norm=None``, ``act="relu"`` and
+    ``up_mode="deconv"`` it is the paper's network: a 572x572 input gives a 388x388 output, with 31,030,658
+    parameters for one input channel and two classes. The defaults follow current practice for volumetric
+    data instead (nnU-Net, 3D U-Net): padded convolutions, instance normalisation, leaky ReLU.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: input channels (imaging modalities).
+        out_channels: output channels (classes, background included).
+        features: channels of each level, from the full-resolution level to the bottleneck; its length is the
+            depth, and the network pools ``len(features) - 1`` times.
+        kernel_size: odd size of every convolution kernel of the double-convolution blocks.
+        act: MONAI activation spec: a name or a ``(name, kwargs)`` pair (a two-item list from YAML works too).
+            The paper uses ``"relu"``.
+        norm: MONAI normalisation spec (``"batch"``, ``"instance"``, ``("group", {"num_groups": 8})``, ...) or
+            ``None``. The paper had none; 3D U-Net added batch normalisation.
+        dropout: dropout probability applied to the bottleneck's output, the end of the contracting path,
+            where the paper put it. 0 disables it.
+        bias: whether convolutions followed by a normalisation have a bias; ``None`` (default) means only when
+            ``norm`` is ``None``, since a normalisation removes any bias. Up-sampling convolutions and heads
+            always have one.
+        conv_mode: ``"same"`` (padded convolutions; output size equals input size; inputs that
+            ``2 ** (depth - 1)`` does not divide are zero-padded internally and the output cropped back) or
+            ``"valid"`` (unpadded convolutions and centre-cropped skips, as in the paper; the output is
+            ``2 * margin`` smaller, see :mod:`unet_med.networks.sizing`, and other input sizes are refused).
+        up_mode: ``"deconv"`` (2x transposed convolution, the paper's "up-convolution") or ``"nontrainable"``
+            ((bi/tri)linear interpolation followed by a 1x1 convolution).
+        init: ``"he"`` (zero-mean Gaussian with std ``sqrt(2 / N)``, N the incoming connections of a unit: the
+            paper's), ``"xavier"`` (Glorot normal) or ``None`` (PyTorch's default). Biases start at 0.
+        deep_supervision: in training mode, also return the outputs of the ``deep_supr_num`` coarser decoder
+            levels, up-sampled (nearest) to the output size, stacked as ``(B, 1 + deep_supr_num, C, *S)``
+            with the final output first. In eval mode only the final output is returned, as MONAI's DynUNet
+            does, so inferers work unchanged.
+        deep_supr_num: number of auxiliary heads; ``None`` means every decoder level but the last
+            (``depth - 2``) with deep supervision and none without. A checkpoint loads either way: auxiliary
+            heads it has and the network lacks are ignored, and those it lacks keep their initialisation.
+        checkpointing: recompute each block's activations during the backward pass instead of storing them:
+            training takes less memory (larger patches fit) and about a third more time. Outputs and gradients
+            are unchanged; batch-norm running statistics are updated twice per step.
+
+    Shapes:
+        input ``(B, in_channels, *S)`` with ``len(S) == spatial_dims``; output ``(B, out_channels, *S')``,
+        ``S' = S`` in same mode and ``S - 2 * margin`` in valid mode.
+
+    Example:
+        >>> net = UNet(spatial_dims=3, in_channels=1, out_channels=3)
+        >>> net(torch.zeros(1, 1, 32, 48, 32)).shape
+        torch.Size([1, 3, 32, 48, 32])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (32, 64, 128, 256, 320),
+        kernel_size: int = 3,
+        act: str | Sequence = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        norm: str | Sequence | None = ("instance", {"affine": True}),
+        dropout: float | None = 0.0,
+        bias: bool | None = None,
+        conv_mode: str = "same",
+        up_mode: str = "deconv",
+        init: str | None = "he",
+        deep_supervision: bool = False,
+        deep_supr_num: int | None = None,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        features = tuple(int(f) for f in features)
+        _check_arguments(spatial_dims, in_channels, out_channels, features, kernel_size, dropout, conv_mode, init)
+        self.spatial_dims = spatial_dims
+        self.features = features
+        self.depth = len(features)
+        self.kernel_size = kernel_size
+        self.conv_mode = conv_mode
+        self.margin = sizing.context_margin(self.depth, kernel_size) if conv_mode == "valid" else 0
+        self.deep_supervision = deep_supervision
+        if deep_supr_num is None:
+            deep_supr_num = self.depth - 2 if deep_supervision else 0
+        self.deep_supr_num = deep_supr_num
+        if not 0 <= self.deep_supr_num <= max(self.depth - 2, 0):
+            raise ValueError(
+                f"deep_supr_num must be between 0 and depth - 2 = {max(self.depth - 2, 0)}, got {deep_supr_num}."
+            )
+        if deep_supervision and self.deep_supr_num == 0:
+            raise ValueError("deep_supervision needs at least one auxiliary head: use a depth of 3 or more.")
+
+        norm = _as_spec(norm)
+        act = _as_spec(act)
+        block_bias = norm is None if bias is None else bias
+        padding = kernel_size // 2 if conv_mode == "same" else 0
+
+        def block(channels_in: int, channels_out: int) -> ConvBlock:
+            return ConvBlock(
+                spatial_dims, channels_in, channels_out, kernel_size, padding, act, norm, block_bias, checkpointing
+            )
+
+        try:
+            self.encoder = nn.ModuleList(
+                [block(c_in, c_out) for c_in, c_out in zip((in_channels, *features[:-1]), features)]
+            )
+            self.upsamplers = nn.ModuleList(
+                [UpSample(spatial_dims, coarse, fine, up_mode, True) for coarse, fine in zip(features[:0:-1], features[-2::-1])]
+            )
+            self.decoder = nn.ModuleList([block(2 * fine, fine) for fine in features[-2::-1]])
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"cannot build the U-Net with norm={norm!r}, act={act!r}: {str(error).strip()}") from None
+        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
+        self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout or 0.0)
+        conv1x1 = Conv[Conv.CONV, spatial_dims]
+        self.head = conv1x1(features[0], out_channels, 1)
+        self.aux_heads = nn.ModuleList([conv1x1(features[k], out_channels, 1) for k in range(1, self.deep_supr_num + 1)])
+        _initialise(self, init)
+        self.register_load_state_dict_pre_hook(_match_auxiliary_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        input_size = x.shape[2:]
+        if self.conv_mode == "same":
+            x = self._pad_to_divisor(x)
+
+        skips: list[torch.Tensor] = []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                skips.append(x)
+                x = self.pool(x)
+            x = block(x)
+        x = self.dropout(x)
+
+        supervise = self.deep_supervision and self.training
+        decoder_outputs: list[torch.Tensor] = []
+        for upsample, block in zip(self.upsamplers, self.decoder):
+            x = upsample(x)
+            skip = skips.pop()
+            x = block(torch.cat([center_crop(skip, x.shape[2:]), x], dim=1))
+            if supervise:
+                decoder_outputs.append(x)
+        output = self.head(x)
+
+        if supervise:
+            outputs = [output]
+            for k, aux_head in enumerate(self.aux_heads):
+                aux = F.interpolate(aux_head(decoder_outputs[-2 - k]), scale_factor=float(1 << (k + 1)), mode="nearest")
+                outputs.append(center_crop(aux, output.shape[2:]))
+            output = torch.stack(outputs, dim=1)
+        if self.conv_mode == "same":
+            output = center_crop(output, input_size)
+        return output
+
+    def _pad_to_divisor(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pads each spatial axis of ``x`` evenly on both sides up to a multiple of ``2 ** (depth - 1)``."""
+        step = 1 << (self.depth - 1)
+        padding: list[int] = []
+        for size in x.shape[2:][::-1]:
+            extra = (step - size % step) % step
+            padding += [extra // 2, extra - extra // 2]
+        return F.pad(x, padding) if sum(padding) > 0 else x
+
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Raises a ``ValueError`` for inputs of the wrong rank or channels, or sizes valid mode cannot take."""
+        expected_channels = self.encoder[0].layers[0].in_channels
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != expected_channels:
+            raise ValueError(
+                f"expected an input of shape (batch, {expected_channels}, {', '.join('size' for _ in range(self.spatial_dims))}),"
+                f" got {tuple(x.shape)}."
+            )
+        if self.conv_mode == "valid":
+            for size in x.shape[2:]:
+                sizing.valid_output_size(size, self.depth, self.kernel_size)
+
+
+def _match_auxiliary_heads(
+    module: UNet, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, *unused_lists: list
+) -> None:
+    """Lets a checkpoint with more or fewer deep-supervision heads load into ``module``.
+
+    Heads the checkpoint has and the module lacks are dropped; heads the module has and the checkpoint lacks
+    keep their current values. Everything else must match as usual.
+    """
+    heads_prefix = prefix + "aux_heads."
+    own = {prefix + name: value for name, value in module.state_dict().items() if name.startswith("aux_heads.")}
+    for key in [k for k in state_dict if k.startswith(heads_prefix) and k not in own]:
+        del state_dict[key]
+    for key, value in own.items():
+        state_dict.setdefault(key, value)
+
+
+def _as_spec(spec: str | Sequence | None) -> str | tuple | None:
+    """Turns a YAML/JSON two-item list such as ``["group", {"num_groups": 8}]`` into MONAI's tuple form."""
+    return tuple(spec) if isinstance(spec, list) else spec
+
+
+def _check_arguments(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    features: tuple[int, ...],
+    kernel_size: int,
+    dropout: float | None,
+    conv_mode: str,
+    init: str | None,
+) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(f"in_channels and out_channels must be at least 1, got {in_channels} and {out_channels}.")
+    if not features or min(features) < 1:
+        raise ValueError(f"features must list at least one positive channel count per level, got {features}.")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}.")
+    if not 0.0 <= (dropout or 0.0) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    if conv_mode not in CONV_MODES:
+        raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {conv_mode!r}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+
+
+def _initialise(network: nn.Module, init: str | None) -> None:
+    """Initialises convolution weights by the He (paper) or Xavier scheme, and their biases to 0."""
+    if init is None:
+        return
+    for module in network.modules():
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            continue
+        if init == "he":
+            nn.init.normal_(module.weight, 0.0, (2.0 / _fan_in(module)) ** 0.5)
+        else:
+            nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _fan_in(conv: nn.modules.conv._ConvNd) -> int:
+    """Inputs that reach one output unit of ``conv``: channels times kernel taps that overlap it.
+
+    A transposed convolution with stride equal to its kernel (the up-convolution) feeds each output unit from
+    one tap per input channel; PyTorch's own fan-in counts its output channels instead.
+    """
+    taps = 1
+    for k, s in zip(conv.kernel_size, conv.stride):
+        taps *= k // s if conv.transposed else k
+    return conv.in_channels // conv.groups * max(taps, 1)
