@@ -54,6 +54,7 @@ class ConvBlock(nn.Module):
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Applies both convolutions to ``x`` of shape ``(B, in_channels, *S)``."""
         if self.checkpointing and self.training and not torch.jit.is_scripting():
             return self._checkpointed_forward(x)
         return self.layers(x)

@@ -119,7 +119,15 @@ class UNet(nn.Module):
 
         def block(channels_in: int, channels_out: int) -> ConvBlock:
             return ConvBlock(
-                spatial_dims, channels_in, channels_out, kernel_size, padding, act, norm, block_bias, checkpointing
+                spatial_dims,
+                channels_in,
+                channels_out,
+                kernel_size,
+                padding,
+                act,
+                norm,
+                block_bias,
+                checkpointing,
             )
 
         try:
@@ -127,7 +135,10 @@ class UNet(nn.Module):
                 [block(c_in, c_out) for c_in, c_out in zip((in_channels, *features[:-1]), features)]
             )
             self.upsamplers = nn.ModuleList(
-                [UpSample(spatial_dims, coarse, fine, up_mode, True) for coarse, fine in zip(features[:0:-1], features[-2::-1])]
+                [
+                    UpSample(spatial_dims, coarse, fine, up_mode, True)
+                    for coarse, fine in zip(features[:0:-1], features[-2::-1])
+                ]
             )
             self.decoder = nn.ModuleList([block(2 * fine, fine) for fine in features[-2::-1]])
         except (ValueError, TypeError, KeyError) as error:
@@ -136,11 +147,22 @@ class UNet(nn.Module):
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout or 0.0)
         conv1x1 = Conv[Conv.CONV, spatial_dims]
         self.head = conv1x1(features[0], out_channels, 1)
-        self.aux_heads = nn.ModuleList([conv1x1(features[k], out_channels, 1) for k in range(1, self.deep_supr_num + 1)])
+        self.aux_heads = nn.ModuleList(
+            [conv1x1(features[k], out_channels, 1) for k in range(1, self.deep_supr_num + 1)]
+        )
         _initialise(self, init)
         self.register_load_state_dict_pre_hook(_match_auxiliary_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segments ``x``.
+
+        Args:
+            x: images of shape ``(B, in_channels, *S)``.
+
+        Returns:
+            Logits of shape ``(B, out_channels, *S')``, or ``(B, 1 + deep_supr_num, out_channels, *S')`` with
+            deep supervision in training mode.
+        """
         if not torch.jit.is_scripting():
             self._check_input(x)
         input_size = x.shape[2:]
@@ -189,10 +211,8 @@ class UNet(nn.Module):
         """Raises a ``ValueError`` for inputs of the wrong rank or channels, or sizes valid mode cannot take."""
         expected_channels = self.encoder[0].layers[0].in_channels
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != expected_channels:
-            raise ValueError(
-                f"expected an input of shape (batch, {expected_channels}, {', '.join('size' for _ in range(self.spatial_dims))}),"
-                f" got {tuple(x.shape)}."
-            )
+            axes = ", ".join(["size"] * self.spatial_dims)
+            raise ValueError(f"expected an input of shape (batch, {expected_channels}, {axes}), got {tuple(x.shape)}.")
         if self.conv_mode == "valid":
             for size in x.shape[2:]:
                 sizing.valid_output_size(size, self.depth, self.kernel_size)
