@@ -1,9 +1,9 @@
 """Draws what RandPaperElasticd does to a 2D image and its label, for the README.
 
-Usage: ``PYTHONPATH=. python benchmarks/elastic_figure.py [--out docs/images/elastic_2d.png]`` with a synthetic
-checkerboard and disc, or ``--image scan.nii.gz --label label.nii.gz`` for the middle axial slice of a volume.
-Each panel shows the image, the label's outline and the 3 x 3 control grid: arrows go from where the content
-of each control point came from to where it lands.
+Usage: ``PYTHONPATH=. python benchmarks/elastic_figure.py [--out docs/images/elastic_2d.png]`` with a
+synthetic checkerboard and disc, or ``--image scan.nii.gz --label label.nii.gz`` for the middle slice (last
+axis) of a volume. Each panel shows the image, the label's outline and the 3 x 3 control grid: arrows go from
+where the content of each control point came from to where it lands.
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ def main() -> None:
         )  # fmt: skip
         ax.plot(points[..., 1].ravel(), points[..., 0].ravel(), "o", color="tab:cyan", markersize=5)
         shown = float(field.norm(dim=-1).max())
-        title = "input, 3 x 3 control grid" if sigma == 0 else f"sigma = {sigma:g} px (max shift {shown:.0f} px)"
-        ax.set_title(title)
+        ax.set_title(f"sigma = {sigma:g} px (max shift {shown:.0f} px)" if sigma else "input, control grid")
         ax.set_xlim(-8, size[1] + 7)
         ax.set_ylim(size[0] + 7, -8)
         ax.set_axis_off()

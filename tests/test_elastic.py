@@ -6,14 +6,8 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from torch.nn.functional import grid_sample
 
-from unet_med.transforms import (
-    RandPaperElastic,
-    RandPaperElasticd,
-    cubic_interpolation_matrix,
-    dense_displacement,
-    sampling_grid,
-    warp,
-)
+from unet_med import RandPaperElastic, RandPaperElasticd
+from unet_med.transforms import cubic_interpolation_matrix, dense_displacement, sampling_grid, warp
 
 
 def cube_pair(size=(24, 24, 24), lo=8, hi=14):
