@@ -38,9 +38,14 @@ def test_zero_field_resamples_to_the_input():
     torch.testing.assert_close(warp(image, grid), image, atol=1e-5, rtol=0)
 
 
-def test_interpolation_passes_through_control_points_and_keeps_constants():
+def test_interpolation_passes_through_control_points_and_keeps_linear_functions():
     matrix = cubic_interpolation_matrix(3, 9, torch.float64)
     torch.testing.assert_close(matrix.sum(1), torch.ones(9, dtype=torch.float64))
+    # Linear ramps come out exactly, the border segments included.
+    ramp = cubic_interpolation_matrix(4, 10, torch.float64) @ torch.tensor(
+        [0.0, 3.0, 6.0, 9.0], dtype=torch.float64
+    )
+    torch.testing.assert_close(ramp, torch.arange(10, dtype=torch.float64))
     control = torch.randn(1, 3, 4, 2, dtype=torch.float64)
     field = dense_displacement(control, (9, 13))
     torch.testing.assert_close(field[:, ::4, ::4], control)

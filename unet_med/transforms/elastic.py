@@ -44,8 +44,8 @@ def cubic_interpolation_matrix(
 
     The control points sit at voxels ``0, (size - 1) / (n_control - 1), ..., size - 1``: the first and the
     last on the border voxels' centres. The kernel is the Catmull-Rom cubic convolution (Keys' kernel with
-    ``a = -0.5``), which passes through the samples and reproduces quadratics; beyond the ends the samples are
-    repeated.
+    ``a = -0.5``), which passes through the samples. Beyond the ends the samples are extended linearly, so
+    that linear functions are reproduced exactly everywhere (and quadratics away from the ends).
 
     Args:
         n_control: number of control points along the axis, at least 2.
@@ -61,7 +61,6 @@ def cubic_interpolation_matrix(
     position = torch.arange(size, dtype=torch.float64) * ((n_control - 1) / max(size - 1, 1))
     left = position.floor().clamp(max=n_control - 2)
     t = (position - left).unsqueeze(1)
-    offsets = torch.arange(-1, 3, dtype=torch.float64)
     # Catmull-Rom weights of the samples at left - 1, left, left + 1 and left + 2.
     weights = torch.cat(
         [
@@ -72,13 +71,22 @@ def cubic_interpolation_matrix(
         ],
         dim=1,
     )
-    columns = (left.unsqueeze(1) + offsets).clamp(0, n_control - 1).long()
-    matrix = torch.zeros(size, n_control, dtype=torch.float64).scatter_add_(1, columns, weights)
-    return matrix.to(dtype=dtype, device=device)
+    # Columns over the samples extended by one on each side: sample -1 is at column 0.
+    columns = left.long().unsqueeze(1) + torch.arange(4)
+    extended = torch.zeros(size, n_control + 2, dtype=torch.float64).scatter_add_(1, columns, weights)
+    # Sample -1 is 2 * sample 0 - sample 1, sample n is 2 * sample n-1 - sample n-2.
+    extension = torch.zeros(n_control + 2, n_control, dtype=torch.float64)
+    extension[1:-1] = torch.eye(n_control, dtype=torch.float64)
+    extension[0, :2] = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    extension[-1, -2:] = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    return (extended @ extension).to(dtype=dtype, device=device)
 
 
 def dense_displacement(control: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-    """Interpolates control-point displacements to every voxel, one separable cubic pass per axis.
+    """Interpolates control-point values to every voxel, one separable cubic pass per axis.
+
+    The last spatial axis is interpolated first and the first one last, so the largest step is a single
+    matrix product that writes the contiguous output.
 
     Args:
         control: ``(B, *N, K)`` values on a grid of ``N`` control points per axis (``len(N)`` spatial axes);
@@ -95,11 +103,11 @@ def dense_displacement(control: torch.Tensor, spatial_size: Sequence[int]) -> to
             f"control must be (B, *N, K) with {dims} spatial axes, got shape {tuple(control.shape)}."
         )
     field = control
-    for axis, size in enumerate(spatial_size):
-        matrix = cubic_interpolation_matrix(control.shape[axis + 1], size, control.dtype, control.device)
-        # Contract axis + 1 with the matrix's columns and put the new axis back in its place.
-        field = torch.movedim(torch.tensordot(field, matrix, dims=([axis + 1], [1])), -1, axis + 1)
-    return field.contiguous()
+    for axis in reversed(range(dims)):
+        lead, n, trail = field.shape[: axis + 1], field.shape[axis + 1], field.shape[axis + 2 :]
+        matrix = cubic_interpolation_matrix(n, spatial_size[axis], control.dtype, control.device)
+        field = (matrix @ field.reshape(*lead, n, -1)).reshape(*lead, spatial_size[axis], *trail)
+    return field
 
 
 def sampling_grid(control: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
@@ -118,18 +126,16 @@ def sampling_grid(control: torch.Tensor, spatial_size: Sequence[int]) -> torch.T
     dims = len(spatial_size)
     if control.shape[-1] != dims:
         raise ValueError(f"control needs {dims} displacement components, got {control.shape[-1]}.")
-    # Voxels to normalised units is linear, so scale the few control values rather than the dense field.
+    # Voxels to normalised units is linear and the interpolation reproduces linear functions, so the
+    # scaling and the identity (each control point's own position) go on the few control values.
     scale = torch.tensor(
         [2.0 / max(s - 1, 1) for s in spatial_size], dtype=control.dtype, device=control.device
     )
-    grid = dense_displacement((control * scale).flip(-1), spatial_size)
-    for axis, size in enumerate(spatial_size):
-        shape = [1] * dims
-        shape[axis] = size
-        grid[..., dims - 1 - axis] += torch.linspace(
-            -1.0, 1.0, size, dtype=grid.dtype, device=grid.device
-        ).view(shape)
-    return grid
+    axes = [
+        torch.linspace(-1.0, 1.0, n, dtype=control.dtype, device=control.device) for n in control.shape[1:-1]
+    ]
+    identity = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    return dense_displacement((control * scale + identity).flip(-1), spatial_size)
 
 
 def warp(
