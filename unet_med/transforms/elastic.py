@@ -163,9 +163,8 @@ def warp(
     threads = torch.get_num_threads() if values.device.type == "cpu" else 1
     slabs = min(math.ceil(threads / img.shape[0]), grid.shape[1])
     if slabs > 1 and grid[0, ..., 0].numel() >= MIN_VOXELS_TO_SPLIT:
-        out = torch.cat(
-            [_warp_in_slabs(v, g, mode, padding_mode, slabs) for v, g in zip(values, grid, strict=True)]
-        )
+        outs = [_warp_in_slabs(v, g, mode, padding_mode, slabs) for v, g in zip(values, grid, strict=True)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
     else:
         out = grid_sample(values, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     if img.is_floating_point():
