@@ -184,7 +184,7 @@ def _warp_in_slabs(
     batch = img.unsqueeze(0).expand(slabs, *img.shape)
     out = grid_sample(
         batch,
-        grid.view(slabs, slab, *grid.shape[1:]),
+        grid.reshape(slabs, slab, *grid.shape[1:]),
         mode=mode,
         padding_mode=padding_mode,
         align_corners=True,
