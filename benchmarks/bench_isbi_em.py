@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from PIL import Image
 from scipy import ndimage, sparse
