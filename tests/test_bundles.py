@@ -25,10 +25,12 @@ IMAGES = ROOT / "data_samples" / "imagesTr"
 INFER_GLOB = str(IMAGES / "hippocampus_00[13].nii.gz")
 
 
-def bundle_cli(bundle: Path, *args: str) -> None:
-    """Run ``python -m monai.bundle run ...`` from the bundle folder and fail with its output if it fails."""
+def bundle_cli(bundle: Path, config: str, out: Path, output: str, *overrides: str, run_id: str = "") -> None:
+    """Run ``python -m monai.bundle run`` in ``bundle``; weights go to out/models, outputs to out/output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "monai.bundle", "run", *args]
+    paths = ["--ckpt_dir", str(out / "models"), "--output_dir", str(out / output)]
+    command = [sys.executable, "-m", "monai.bundle", "run", *filter(None, [run_id])]
+    command += ["--config_file", config, *paths, *overrides]
     result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
@@ -37,18 +39,9 @@ def bundle_cli(bundle: Path, *args: str) -> None:
 def trained(request, tmp_path_factory) -> tuple[Path, Path]:
     """Train a bundle for one short epoch (two training cases, one validation case) into a tmp folder."""
     bundle, out = BUNDLES[request.param], tmp_path_factory.mktemp(f"bundle_{request.param}")
-    bundle_cli(
-        bundle,
-        "training",
-        "--config_file", "configs/train.yaml",
-        "--ckpt_dir", str(out / "models"),
-        "--output_dir", str(out / "runs"),
-        "--epochs", "1",
-        "--val_interval", "1",
-        "--num_samples", "2",
-        "--num_val", "1",
-        "--train#dataset#data", "$@datalists['training'][:2]",
-    )  # fmt: skip
+    overrides = ["--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--num_val", "1"]
+    overrides += ["--train#dataset#data", "$@datalists['training'][:2]"]
+    bundle_cli(bundle, "configs/train.yaml", out, "runs", *overrides, run_id="training")
     return bundle, out
 
 
@@ -67,13 +60,7 @@ def test_training_writes_best_model_and_report(trained):
 
 def test_evaluate_writes_dice_per_case_and_class(trained):
     bundle, out = trained
-    bundle_cli(
-        bundle,
-        "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
-        "--ckpt_dir", str(out / "models"),
-        "--output_dir", str(out / "eval"),
-        "--num_val", "1",
-    )  # fmt: skip
+    bundle_cli(bundle, "['configs/train.yaml','configs/evaluate.yaml']", out, "eval", "--num_val", "1")
     raw = list(csv.reader((out / "eval" / "val_mean_dice_raw.csv").open()))
     assert raw[0] == ["filename", "class0", "class1", "mean"] and len(raw) == 2
     assert "hippocampus_" in raw[1][0] and all(0.0 <= float(v) <= 1.0 for v in raw[1][1:])
@@ -85,13 +72,7 @@ def test_evaluate_writes_dice_per_case_and_class(trained):
 
 def test_inference_writes_labels_in_input_space(trained):
     bundle, out = trained
-    bundle_cli(
-        bundle,
-        "--config_file", "configs/inference.yaml",
-        "--ckpt_dir", str(out / "models"),
-        "--output_dir", str(out / "pred"),
-        "--datalist", INFER_GLOB,
-    )  # fmt: skip
+    bundle_cli(bundle, "configs/inference.yaml", out, "pred", "--datalist", INFER_GLOB)
     for case in ("hippocampus_001", "hippocampus_003"):
         source = nib.load(IMAGES / f"{case}.nii.gz")
         pred = nib.load(out / "pred" / f"{case}_seg.nii.gz")
