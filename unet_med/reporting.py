@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from monai.engines import Workflow
 from monai.handlers import from_engine
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import Workflow
 
 __all__ = ["TrainingReport", "plot_learning_curves", "plot_overlay"]
 
