@@ -1,5 +1,6 @@
 """unet-med: a U-Net for 2D and 3D medical image segmentation that plugs into MONAI."""
 
+from unet_med import data
 from unet_med.inferers import OverlapTileInferer
 from unet_med.losses import WeightedCELoss, WeightedDiceCELoss
 from unet_med.networks import UNet
@@ -16,4 +17,5 @@ __all__ = [
     "WeightedCELoss",
     "WeightedDiceCELoss",
     "__version__",
+    "data",
 ]

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unet_med import data
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
+
+
+def test_decathlon_datalist_resolves_pairs_from_folder_and_json():
+    from_folder = data.decathlon_datalist(SAMPLES)
+    assert from_folder == data.decathlon_datalist(SAMPLES / "dataset.json")
+    assert len(from_folder) == 10
+    for item in from_folder:
+        assert Path(item["image"]).is_absolute() and Path(item["image"]).is_file()
+        assert Path(item["label"]).parent.name == "labelsTr"
+        assert Path(item["image"]).name == Path(item["label"]).name
+
+
+def test_missing_folder_json_or_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path / "nowhere")):
+        data.decathlon_datalist(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"dataset\.json"):
+        data.decathlon_datalist(tmp_path)
+    shutil.copy(SAMPLES / "dataset.json", tmp_path / "dataset.json")
+    with pytest.raises(ValueError, match=r"hippocampus_001\.nii\.gz"):
+        data.decathlon_datalist(tmp_path)
+    (tmp_path / "dataset.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        data.load_dataset_json(tmp_path)
+
+
+def test_split_is_deterministic_and_disjoint():
+    datalist = data.decathlon_datalist(SAMPLES)
+    train, val = data.split_datalist(datalist, val_fraction=0.2, seed=3)
+    assert (train, val) == data.split_datalist(datalist, val_fraction=0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8
+    assert not {d["image"] for d in train} & {d["image"] for d in val}
+    assert len(data.split_datalist(datalist, num_val=3)[1]) == 3
+    assert data.split_datalist(datalist, seed=0) != data.split_datalist(datalist, seed=1)
+    with pytest.raises(ValueError, match="cannot hold out"):
+        data.split_datalist(datalist, num_val=10)
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.split_datalist(datalist, val_fraction=1.5)
+
+
+def test_train_val_datalists_and_label_names():
+    lists = data.train_val_datalists(SAMPLES, num_val=4)
+    assert [len(lists["training"]), len(lists["validation"])] == [6, 4]
+    assert data.label_names(SAMPLES) == {0: "background", 1: "Anterior", 2: "Posterior"}
+
+
+def test_label_names_missing(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(ValueError, match="labels"):
+        data.label_names(tmp_path)
+
+
+def test_image_datalist_from_folder_glob_and_files(tmp_path):
+    folder = data.image_datalist(SAMPLES / "imagesTr")
+    assert len(folder) == 10 and folder == sorted(folder, key=lambda d: d["image"])
+    pattern = data.image_datalist(str(SAMPLES / "imagesTr" / "hippocampus_00[13].nii.gz"))
+    assert [Path(d["image"]).name for d in pattern] == ["hippocampus_001.nii.gz", "hippocampus_003.nii.gz"]
+    assert data.image_datalist([d["image"] for d in pattern]) == pattern
+    with pytest.raises(ValueError, match="no images found"):
+        data.image_datalist(str(tmp_path / "*.nii.gz"))
+    with pytest.raises(ValueError, match="missing"):
+        data.image_datalist([str(tmp_path / "x.nii.gz")])
+
+
+def test_check_output_dir_refuses_input_folder(tmp_path):
+    images = data.image_datalist(SAMPLES / "imagesTr")
+    data.check_output_dir(tmp_path, images)
+    with pytest.raises(ValueError, match="holds the input"):
+        data.check_output_dir(SAMPLES / "imagesTr", images)

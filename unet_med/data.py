@@ -1,0 +1,210 @@
+"""Datalists from Medical Segmentation Decathlon style folders, deterministic splits and label names.
+
+A Decathlon folder holds ``imagesTr/``, ``labelsTr/`` and a ``dataset.json`` whose ``training`` section lists
+``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}`` pairs and whose ``labels`` section names
+the classes. Every function here can be called from bundle YAML, for example
+``"$unet_med.data.train_val_datalists(@dataset_dir)['training']"``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "DATASET_JSON",
+    "check_output_dir",
+    "decathlon_datalist",
+    "image_datalist",
+    "label_names",
+    "load_dataset_json",
+    "split_datalist",
+    "train_val_datalists",
+]
+
+DATASET_JSON = "dataset.json"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _dataset_json_path(dataset: str | os.PathLike) -> Path:
+    """The ``dataset.json`` of a Decathlon folder, or ``dataset`` itself when it is a JSON file."""
+    path = Path(dataset)
+    if path.is_dir():
+        path = path / DATASET_JSON
+    if not path.is_file():
+        raise ValueError(f"no Decathlon dataset description at {path}: expected a folder with {DATASET_JSON}")
+    return path
+
+
+def load_dataset_json(dataset: str | os.PathLike) -> dict:
+    """Read the ``dataset.json`` of a Decathlon folder.
+
+    Args:
+        dataset: the Decathlon folder or its ``dataset.json``.
+
+    Returns:
+        The parsed JSON object.
+
+    Raises:
+        ValueError: if the folder or the file is missing, or the file is not a JSON object.
+    """
+    path = _dataset_json_path(dataset)
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(content).__name__}.")
+    return content
+
+
+def decathlon_datalist(
+    dataset: str | os.PathLike, section: str = "training", keys: Sequence[str] = ("image", "label")
+) -> list[dict[str, str]]:
+    """List the cases of one section of a Decathlon ``dataset.json`` with absolute file paths.
+
+    Args:
+        dataset: the Decathlon folder or its ``dataset.json``; paths in the file are relative to its folder.
+        section: the section to read, e.g. ``"training"`` or ``"test"``.
+        keys: the keys of every item that name files (``"test"`` items may be bare paths: they become
+            ``{"image": path}``).
+
+    Returns:
+        One dict per case, ``{"image": "/abs/imagesTr/x.nii.gz", "label": "/abs/labelsTr/x.nii.gz"}``.
+
+    Raises:
+        ValueError: if the description, the section or a listed file is missing, or the section is empty.
+    """
+    path = _dataset_json_path(dataset)
+    root = path.parent.resolve()
+    items = load_dataset_json(path).get(section)
+    if not items:
+        raise ValueError(f"{path} has no cases in section '{section}'.")
+    datalist = []
+    for item in items:
+        item = {"image": item} if isinstance(item, str) else dict(item)
+        for key in keys:
+            if key not in item:
+                raise ValueError(f"a case in section '{section}' of {path} has no '{key}': {item}.")
+            file = (root / item[key]).resolve()
+            if not file.is_file():
+                raise ValueError(f"{path} lists {item[key]}, but {file} does not exist.")
+            item[key] = str(file)
+        datalist.append(item)
+    return datalist
+
+
+def split_datalist(
+    datalist: Sequence[dict], val_fraction: float = 0.2, num_val: int | None = None, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Split a datalist into training and validation cases, the same way for the same arguments.
+
+    Args:
+        datalist: the cases.
+        val_fraction: share of the cases for validation, rounded to the nearest count (at least one).
+        num_val: number of validation cases; overrides ``val_fraction`` when given.
+        seed: seed of the shuffle that picks the validation cases.
+
+    Returns:
+        ``(training, validation)``, each in the datalist's order.
+
+    Raises:
+        ValueError: if the split leaves no training or no validation case.
+    """
+    if num_val is None:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
+        num_val = max(1, round(val_fraction * len(datalist)))
+    if not 0 < num_val < len(datalist):
+        raise ValueError(f"cannot hold out {num_val} of {len(datalist)} cases and keep some for training.")
+    val_index = set(random.Random(seed).sample(range(len(datalist)), num_val))
+    training = [item for i, item in enumerate(datalist) if i not in val_index]
+    validation = [item for i, item in enumerate(datalist) if i in val_index]
+    return training, validation
+
+
+def train_val_datalists(
+    dataset: str | os.PathLike, val_fraction: float = 0.2, num_val: int | None = None, seed: int = 0
+) -> dict[str, list[dict[str, str]]]:
+    """The ``training`` section of a Decathlon folder split into training and validation cases.
+
+    Args:
+        dataset: the Decathlon folder or its ``dataset.json``.
+        val_fraction: share of the cases for validation (see :func:`split_datalist`).
+        num_val: number of validation cases; overrides ``val_fraction`` when given.
+        seed: seed of the split.
+
+    Returns:
+        ``{"training": [...], "validation": [...]}`` of image/label dicts with absolute paths.
+    """
+    training, validation = split_datalist(decathlon_datalist(dataset), val_fraction, num_val, seed)
+    return {"training": training, "validation": validation}
+
+
+def label_names(dataset: str | os.PathLike) -> dict[int, str]:
+    """Class names from the ``labels`` section of a ``dataset.json``.
+
+    Args:
+        dataset: the Decathlon folder or its ``dataset.json``.
+
+    Returns:
+        ``{0: "background", 1: "Anterior", ...}``, keyed by label value.
+
+    Raises:
+        ValueError: if the file has no ``labels`` section.
+    """
+    labels = load_dataset_json(dataset).get("labels")
+    if not labels:
+        raise ValueError(f"{_dataset_json_path(dataset)} has no 'labels' section.")
+    return {int(value): name for value, name in labels.items()}
+
+
+def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
+    """Images to run inference on, as ``{"image": path}`` dicts.
+
+    Args:
+        source: a folder (its NIfTI files), a glob pattern such as ``"/data/imagesTs/*.nii.gz"``, one file, or
+            a sequence of files.
+
+    Returns:
+        One dict per image, sorted by path.
+
+    Raises:
+        ValueError: if nothing matches or a listed file does not exist.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            files = [str(p) for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES)]
+        elif path.is_file():
+            files = [str(path)]
+        else:
+            files = glob.glob(str(source))
+        if not files:
+            raise ValueError(f"no images found at {source}.")
+    else:
+        files = [str(file) for file in source]
+        missing = [file for file in files if not Path(file).is_file()]
+        if missing or not files:
+            raise ValueError(f"image files missing: {missing or 'an empty list was given'}.")
+    return [{"image": str(Path(file).resolve())} for file in sorted(files)]
+
+
+def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict]) -> None:
+    """Refuse an output folder that holds any of the inputs, so that predictions never land beside them.
+
+    Args:
+        output_dir: the folder predictions are written to.
+        datalist: the inputs, dicts whose ``"image"`` is a file path.
+
+    Raises:
+        ValueError: if ``output_dir`` is the folder of one of the images.
+    """
+    target = Path(output_dir).resolve()
+    for item in datalist:
+        if Path(item["image"]).resolve().parent == target:
+            raise ValueError(f"output_dir {target} holds the input {item['image']}: choose another folder.")
