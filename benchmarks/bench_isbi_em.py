@@ -93,10 +93,10 @@ def paper_pieces(elastic: bool, weight_map: bool) -> tuple[Callable | None, Call
 
             deform = RandPaperElasticd(keys=["image", "label"], mode=["bilinear", "nearest"], prob=1.0)
         if weight_map:
-            from unet_med.losses import WeightedCrossEntropyLoss
+            from unet_med.losses import WeightedCELoss
             from unet_med.transforms import BorderWeightMapd
 
-            weigh, loss = BorderWeightMapd(keys="label"), WeightedCrossEntropyLoss()
+            weigh, loss = BorderWeightMapd(keys="label"), WeightedCELoss()
     except ImportError as error:
         raise SystemExit(
             f"--elastic/--weight-map need unet_med.transforms and unet_med.losses: {error}"
