@@ -19,7 +19,7 @@ held-out slice with its predictions. The data (``train/images/*.png`` and ``trai
 for cell interior and 0 for membrane) is not part of this repository.
 
 Example:
-    PYTHONPATH=. python benchmarks/bench_isbi_em.py path/to/isbi2012_em --steps 2000 --out isbi.png
+    PYTHONPATH=. python benchmarks/bench_em_membranes.py path/to/isbi2012_em --steps 2000 --out isbi.png
 """
 
 from __future__ import annotations
