@@ -15,6 +15,7 @@ Every function here works on one axis in voxels; apply it per axis for anisotrop
 from __future__ import annotations
 
 __all__ = [
+    "check_geometry",
     "context_margin",
     "divisor",
     "nearest_valid_input_sizes",
@@ -24,7 +25,8 @@ __all__ = [
 ]
 
 
-def _check_geometry(depth: int, kernel_size: int) -> None:
+def check_geometry(depth: int, kernel_size: int) -> None:
+    """Raises a ``ValueError`` unless ``depth >= 1`` and ``kernel_size`` is a positive odd number."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1 (the number of levels), got {depth}.")
     if kernel_size < 1 or kernel_size % 2 == 0:
@@ -33,7 +35,7 @@ def _check_geometry(depth: int, kernel_size: int) -> None:
 
 def divisor(depth: int) -> int:
     """Factor by which a ``depth``-level U-Net pools each axis: ``2 ** (depth - 1)``."""
-    _check_geometry(depth, 3)
+    check_geometry(depth, 3)
     return 2 ** (depth - 1)
 
 
@@ -50,7 +52,7 @@ def context_margin(depth: int, kernel_size: int = 3) -> int:
     Returns:
         The margin in voxels (92 for the paper's depth-5 network with 3x3 kernels).
     """
-    _check_geometry(depth, kernel_size)
+    check_geometry(depth, kernel_size)
     # Each level's two convolutions remove 2 * (k - 1) voxels at that level's scale: once on the way down and
     # once on the way up for levels 0..depth-2, once for the bottleneck at scale 2 ** (depth - 1).
     per_conv_pair = kernel_size - 1
@@ -129,7 +131,7 @@ def valid_output_size(input_size: int, depth: int, kernel_size: int = 3) -> int:
         ValueError: if a pooled feature map would be odd or the output empty; the message names the nearest
             valid sizes.
     """
-    _check_geometry(depth, kernel_size)
+    check_geometry(depth, kernel_size)
     smallest = _input_from_bottleneck(_smallest_bottleneck(depth, kernel_size), depth, kernel_size)
     if input_size < smallest or (input_size - smallest) % divisor(depth):
         nearest = " or ".join(map(str, nearest_valid_input_sizes(input_size, depth, kernel_size)))
@@ -151,7 +153,7 @@ def valid_input_size_for_output(output_size: int, depth: int, kernel_size: int =
     Returns:
         The input size (572 for an output of 388 in the paper's network).
     """
-    _check_geometry(depth, kernel_size)
+    check_geometry(depth, kernel_size)
     if output_size < 1:
         raise ValueError(f"output_size must be at least 1, got {output_size}.")
     smallest = _input_from_bottleneck(_smallest_bottleneck(depth, kernel_size), depth, kernel_size)

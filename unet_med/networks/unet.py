@@ -255,8 +255,7 @@ def _check_arguments(
         raise ValueError(f"in_channels and out_channels must be at least 1, got {in_channels} and {out_channels}.")
     if not features or min(features) < 1:
         raise ValueError(f"features must list at least one positive channel count per level, got {features}.")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}.")
+    sizing.check_geometry(len(features), kernel_size)
     if not 0.0 <= (dropout or 0.0) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
     if conv_mode not in CONV_MODES:
