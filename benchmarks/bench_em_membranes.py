@@ -264,6 +264,7 @@ def main() -> None:
         pixel = np.mean([pixel_error(p, t) for p, t in zip(predicted, truth, strict=True)])
         rand = np.mean([rand_error(p, t) for p, t in zip(predicted, truth, strict=True)])
         results.append((name, seconds, pixel, rand))
+        print(f"{name}: pixel error {pixel:.4f}, Rand error {rand:.4f}, trained in {seconds:.0f} s", flush=True)
     print(f"\n{'network':8} {'train s':>8} {'pixel error':>12} {'Rand error':>11}")
     for name, seconds, pixel, rand in results:
         print(f"{name:8} {seconds:8.0f} {pixel:12.4f} {rand:11.4f}")
