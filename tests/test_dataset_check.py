@@ -97,7 +97,7 @@ def test_every_problem_is_reported_at_once_with_its_file(tmp_path):
     with pytest.raises(DatasetError) as error:
         check_dataset(folder, spatial_dims=3, num_classes=4)
     expected = [
-        (folder / "dataset.json", "its labels are [0, 1, 2], expected 0 to 3, the network's classes"),
+        (folder / "dataset.json", "its labels are [0, 1, 2], but num_classes=4 expects 0 to 3"),
         (images / "unlisted.nii.gz", "image with no label: no training case of dataset.json lists it"),
         (labels / "orphan.nii.gz", "label with no image: no training case of dataset.json lists it"),
         (labels / "no_label.nii.gz", "missing label (dataset.json pairs it with"),

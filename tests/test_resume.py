@@ -11,6 +11,7 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
+import yaml
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -93,3 +94,21 @@ def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     log_after = read_log(runs)
     assert log_after[:epoch] == log_before and [int(row["epoch"]) for row in log_after] == list(range(1, epoch + 2))
     assert load_checkpoint(models / "model.pt").keys() == network.state_dict().keys()
+
+
+def test_both_bundles_check_save_and_resume_alike():
+    def entries(dims: str) -> dict:
+        path = ROOT / "bundles" / f"unet_med_{dims}_segmentation" / "configs" / "train.yaml"
+        config = yaml.safe_load(path.read_text())
+        names = ("dataset_cases", "datalists", "resume", "latest_checkpoint", "training_state", "initialize")
+        handlers = config["train"]["handlers"]
+        return {name: config[name] for name in names} | {
+            "resume loader": handlers[0],
+            "state saver": handlers[-1],
+            "best model saver": config["validate"]["best_model_saver"],
+            "best model saver listed": "@validate#best_model_saver" in config["validate"]["handlers"],
+        }
+
+    assert entries("3d") == entries("2d")
+    assert entries("3d")["resume loader"]["_target_"] == "unet_med.checkpoints.WeightsOnlyCheckpointLoader"
+    assert entries("3d")["state saver"]["_target_"] == "unet_med.checkpoints.TrainingStateSaver"

@@ -105,7 +105,7 @@ class AtomicDiskSaver(BaseSaveHandler):
     replaced.
 
     Args:
-        dirname: the folder; created when missing.
+        dirname: the folder; created at the first save when missing.
         filename: a fixed file name for every save (as MONAI's ``key_metric_filename``), or ``None`` for the
             names ignite chooses.
     """
@@ -157,7 +157,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().attach(engine)
 
     def state_dict(self) -> dict[str, Any]:
-        """The key-metric record (``saved``: ``(score, file name)`` pairs) and the engine's best metric."""
+        """The saved key-metric scores and files (ignite's record), and the engine's best metric and its epoch."""
         record = self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
         state = getattr(self._engine, "state", None)
         return {

@@ -12,7 +12,7 @@ channel count suit the bundle. Intensity ranges and data types are not checked: 
 by orders of magnitude (MSD hippocampus mixes float32 and uint8 images), which per-volume normalisation handles.
 
 Shapes and affines come from the NIfTI headers; values need the data, so every file is read once, by a few
-threads at a time (about one second for the 260 hippocampus volumes).
+threads at a time (2 to 4 s for the 400 files of 200 hippocampus cases on a busy 2-core CPU).
 """
 
 from __future__ import annotations
@@ -154,8 +154,7 @@ def _inspect(
     if loaded is None:
         return None
     shape, affine, data = loaded
-    problem = spec.shape_problem(shape, channels)
-    found = [problem, None if 0 in shape else values(data)]
+    found = [spec.shape_problem(shape, channels), None if 0 in shape else values(data)]
     problems += [f"{path}: {problem}" for problem in found if problem]
     return Volume(shape[:3], affine)
 
@@ -208,10 +207,11 @@ def _unpaired_files(folder: Path, datalist: Sequence[dict[str, str]]) -> list[st
 def _label_set_problem(folder: Path, labels: list[int], num_classes: int | None) -> list[str]:
     """A problem if ``dataset.json``'s label values are not ``0 .. num_classes - 1`` (or lack 0)."""
     if num_classes is None:
-        fits, expected = 0 in labels, "0 (background) among them"
+        fits, expected = 0 in labels, "expected 0 (background) among them"
     else:
-        fits, expected = labels == list(range(num_classes)), f"0 to {num_classes - 1}, the network's classes"
-    return [] if fits else [f"{folder / 'dataset.json'}: its labels are {labels}, expected {expected}"]
+        fits = labels == list(range(num_classes))
+        expected = f"but num_classes={num_classes} expects 0 to {num_classes - 1}"
+    return [] if fits else [f"{folder / 'dataset.json'}: its labels are {labels}, {expected}"]
 
 
 def check_dataset(
