@@ -77,3 +77,50 @@ def test_check_output_dir_refuses_input_folder(tmp_path):
     data.check_output_dir(tmp_path, images)
     with pytest.raises(ValueError, match="holds the input"):
         data.check_output_dir(SAMPLES / "imagesTr", images)
+
+
+def test_check_output_dir_refuses_folders_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "predictions"
+    blocker.write_text("a file where the folder should go")
+    for folder in (blocker, blocker / "nested"):
+        with pytest.raises(ValueError, match=f"output folder {folder} cannot be created: {blocker} is a file"):
+            data.check_output_dir(folder)
+    data.check_output_dir(tmp_path / "new" / "folder")
+    assert not (tmp_path / "new").exists()  # checked, not created
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's sysfs, which nobody may write to")
+def test_check_output_dir_names_an_unwritable_folder():
+    with pytest.raises(ValueError, match=r"output folder /sys/kernel/unet_med cannot be written: .* in /sys/kernel"):
+        data.check_output_dir("/sys/kernel/unet_med")
+
+
+def test_check_output_dir_refuses_inputs_whose_outputs_would_collide(tmp_path):
+    images = data.image_datalist(SAMPLES / "imagesTr")[:1]
+    twin = tmp_path / "elsewhere" / Path(images[0]["image"]).name.replace(".nii.gz", ".nii")
+    twin.parent.mkdir()
+    twin.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"the inputs {images[0]['image']} and {twin} have the same name"):
+        data.check_output_dir(tmp_path / "out", [*images, {"image": str(twin)}])
+
+
+def test_image_datalist_skips_hidden_files_and_names_an_empty_folder(tmp_path):
+    shutil.copy(SAMPLES / "imagesTr" / "hippocampus_001.nii.gz", tmp_path)
+    (tmp_path / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    assert [Path(d["image"]).name for d in data.image_datalist(tmp_path)] == ["hippocampus_001.nii.gz"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=rf"no NIfTI images \(\.nii, \.nii\.gz\) in folder {tmp_path / 'empty'}"):
+        data.image_datalist(tmp_path / "empty")
+
+
+def test_decathlon_datalist_names_every_missing_file(tmp_path):
+    shutil.copy(SAMPLES / "dataset.json", tmp_path / "dataset.json")
+    with pytest.raises(ValueError, match="lists 20 file") as error:
+        data.decathlon_datalist(tmp_path)
+    assert str(tmp_path / "labelsTr" / "hippocampus_044.nii.gz") in str(error.value)
+    assert len(data.decathlon_datalist(tmp_path, check_files=False)) == 10
+
+
+def test_train_val_datalists_take_listed_cases():
+    cases = data.decathlon_datalist(SAMPLES)
+    assert data.train_val_datalists(cases, num_val=2) == data.train_val_datalists(SAMPLES, num_val=2)

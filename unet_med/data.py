@@ -12,8 +12,11 @@ import glob
 import json
 import os
 import random
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from monai.data.utils import create_file_basename
 
 __all__ = [
     "DATASET_JSON",
@@ -34,6 +37,8 @@ def _dataset_json_path(dataset: str | os.PathLike) -> Path:
     """The ``dataset.json`` of a Decathlon folder, or ``dataset`` itself when it is a JSON file."""
     path = Path(dataset)
     if path.is_dir():
+        if not any(entry for entry in path.iterdir() if not entry.name.startswith(".")):
+            raise ValueError(f"dataset folder {path} is empty: expected imagesTr/, labelsTr/ and {DATASET_JSON}.")
         path = path / DATASET_JSON
     if not path.is_file():
         raise ValueError(f"no Decathlon dataset description at {path}: expected a folder with {DATASET_JSON}")
@@ -63,7 +68,10 @@ def load_dataset_json(dataset: str | os.PathLike) -> dict:
 
 
 def decathlon_datalist(
-    dataset: str | os.PathLike, section: str = "training", keys: Sequence[str] = ("image", "label")
+    dataset: str | os.PathLike,
+    section: str = "training",
+    keys: Sequence[str] = ("image", "label"),
+    check_files: bool = True,
 ) -> list[dict[str, str]]:
     """List the cases of one section of a Decathlon ``dataset.json`` with absolute file paths.
 
@@ -72,6 +80,8 @@ def decathlon_datalist(
         section: the section to read, e.g. ``"training"`` or ``"test"``.
         keys: the keys of every item that name files (``"test"`` items may be bare paths: they become
             ``{"image": path}``).
+        check_files: refuse listed files that do not exist (all of them named in one error); ``False`` lists
+            them all the same, for a caller that reports missing files itself.
 
     Returns:
         One dict per case, ``{"image": "/abs/imagesTr/x.nii.gz", "label": "/abs/labelsTr/x.nii.gz"}``.
@@ -84,7 +94,7 @@ def decathlon_datalist(
     items = load_dataset_json(path).get(section)
     if not items:
         raise ValueError(f"{path} has no cases in section '{section}'.")
-    datalist = []
+    datalist, missing = [], []
     for item in items:
         item = {"image": item} if isinstance(item, str) else dict(item)
         for key in keys:
@@ -92,9 +102,11 @@ def decathlon_datalist(
                 raise ValueError(f"a case in section '{section}' of {path} has no '{key}': {item}.")
             file = (root / item[key]).resolve()
             if not file.is_file():
-                raise ValueError(f"{path} lists {item[key]}, but {file} does not exist.")
+                missing.append(str(file))
             item[key] = str(file)
         datalist.append(item)
+    if check_files and missing:
+        raise ValueError(f"{path} lists {len(missing)} file(s) that do not exist: {', '.join(missing)}.")
     return datalist
 
 
@@ -128,12 +140,16 @@ def split_datalist(
 
 
 def train_val_datalists(
-    dataset: str | os.PathLike, val_fraction: float = 0.2, num_val: int | None = None, seed: int = 0
+    dataset: str | os.PathLike | Sequence[dict[str, str]],
+    val_fraction: float = 0.2,
+    num_val: int | None = None,
+    seed: int = 0,
 ) -> dict[str, list[dict[str, str]]]:
     """The ``training`` section of a Decathlon folder split into training and validation cases.
 
     Args:
-        dataset: the Decathlon folder or its ``dataset.json``.
+        dataset: the Decathlon folder or its ``dataset.json``, or its training cases already listed (e.g. by
+            :func:`unet_med.dataset_check.check_dataset`).
         val_fraction: share of the cases for validation (see :func:`split_datalist`).
         num_val: number of validation cases; overrides ``val_fraction`` when given.
         seed: seed of the split.
@@ -141,7 +157,8 @@ def train_val_datalists(
     Returns:
         ``{"training": [...], "validation": [...]}`` of image/label dicts with absolute paths.
     """
-    training, validation = split_datalist(decathlon_datalist(dataset), val_fraction, num_val, seed)
+    cases = decathlon_datalist(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+    training, validation = split_datalist(cases, val_fraction, num_val, seed)
     return {"training": training, "validation": validation}
 
 
@@ -155,20 +172,26 @@ def label_names(dataset: str | os.PathLike) -> dict[int, str]:
         ``{0: "background", 1: "Anterior", ...}``, keyed by label value.
 
     Raises:
-        ValueError: if the file has no ``labels`` section.
+        ValueError: if the file has no ``labels`` section, or its keys are not integers.
     """
     labels = load_dataset_json(dataset).get("labels")
-    if not labels:
+    if not labels or not isinstance(labels, dict):
         raise ValueError(f"{_dataset_json_path(dataset)} has no 'labels' section.")
-    return {int(value): name for value, name in labels.items()}
+    try:
+        return {int(value): name for value, name in labels.items()}
+    except ValueError:
+        raise ValueError(
+            f"the 'labels' of {_dataset_json_path(dataset)} must map label values to names, such as "
+            f'{{"0": "background", "1": "tumour"}}; found keys {list(labels)}.'
+        ) from None
 
 
 def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
     """Images to run inference on, as ``{"image": path}`` dicts.
 
     Args:
-        source: a folder (its NIfTI files), a glob pattern such as ``"/data/imagesTs/*.nii.gz"``, one file, or
-            a sequence of files.
+        source: a folder (its NIfTI files, hidden ones such as ``._x.nii.gz`` left out), a glob pattern such as
+            ``"/data/imagesTs/*.nii.gz"``, one file, or a sequence of files.
 
     Returns:
         One dict per image, sorted by path.
@@ -179,7 +202,9 @@ def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            files = [str(p) for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES)]
+            files = [str(p) for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and p.name[0] != "."]
+            if not files:
+                raise ValueError(f"no NIfTI images ({', '.join(NIFTI_SUFFIXES)}) in folder {path}.")
         elif path.is_file():
             files = [str(path)]
         else:
@@ -194,17 +219,45 @@ def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     return [{"image": str(Path(file).resolve())} for file in sorted(files)]
 
 
-def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict]) -> None:
-    """Refuse an output folder that holds any of the inputs, so that predictions never land beside them.
+def _check_writable(folder: Path) -> None:
+    """Refuse a folder that cannot be created or written, without creating it."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"output folder {folder} cannot be created: {existing} is a file.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {folder} cannot be written: {err.strerror} in {existing}.") from None
+
+
+def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = ()) -> None:
+    """Refuse an output folder that cannot be written, or whose predictions would overwrite anything.
+
+    Predictions are named after their inputs (``x.nii.gz`` -> ``output_dir/x_seg.nii.gz``, as MONAI's
+    ``SaveImaged`` with ``separate_folder=False`` names them). So that none overwrites an input or another
+    prediction, ``output_dir`` must not be the folder of an input (then no prediction can have an input's path),
+    and no two inputs may share a name without their extensions (``a/x.nii.gz`` and ``b/x.nii``).
 
     Args:
-        output_dir: the folder predictions are written to.
-        datalist: the inputs, dicts whose ``"image"`` is a file path.
+        output_dir: the folder outputs are written to; it need not exist yet.
+        datalist: the inputs, dicts whose ``"image"`` is a file path (none for a training run's folders).
 
     Raises:
-        ValueError: if ``output_dir`` is the folder of one of the images.
+        ValueError: if the folder cannot be created or written, is the folder of one of the images, or two
+            images would give the same output file.
     """
     target = Path(output_dir).resolve()
+    _check_writable(target)
+    written_by: dict[str, str] = {}
     for item in datalist:
-        if Path(item["image"]).resolve().parent == target:
+        image = Path(item["image"]).resolve()
+        if image.parent == target:
             raise ValueError(f"output_dir {target} holds the input {item['image']}: choose another folder.")
+        stem = create_file_basename("", image, target, separate_folder=False, makedirs=False)
+        if stem in written_by:
+            raise ValueError(
+                f"the inputs {written_by[stem]} and {image} have the same name, so their outputs would overwrite "
+                f"each other in {target}: rename one."
+            )
+        written_by[stem] = str(image)

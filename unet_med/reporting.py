@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from monai.handlers import from_engine
 
+from unet_med.atomic import atomic_write
+
 if TYPE_CHECKING:
     from ignite.engine import Engine
     from monai.engines import Workflow
@@ -100,9 +102,10 @@ class TrainingReport:
 
     Attached to a trainer, it writes after every epoch a row ``epoch, loss, <metric>`` to
     ``output_dir/training_log.csv`` (the epoch's mean training loss and the validator's key metric when it ran
-    that epoch), and when training completes ``output_dir/learning_curves.png`` and
-    ``output_dir/validation_overlay.png`` (one slice of the last validation case with its prediction). List it
-    after the trainer's ``ValidationHandler`` so that an epoch's validation is done when its row is written.
+    that epoch; a run resumed after epoch ``n`` keeps the rows up to ``n``), and when training completes
+    ``output_dir/learning_curves.png`` and ``output_dir/validation_overlay.png`` (one slice of the last
+    validation case with its prediction). List it after the trainer's ``ValidationHandler`` so that an epoch's
+    validation is done when its row is written.
 
     Args:
         validator: the evaluator that validates the trainer (its key metric and last output are read).
@@ -153,18 +156,31 @@ class TrainingReport:
         output = validator.state.output
         self._sample = output[-1] if isinstance(output, list) else None
 
+    @property
+    def log_path(self) -> Path:
+        """The per-epoch CSV."""
+        return self.output_dir / "training_log.csv"
+
+    def _earlier_rows(self, epoch: int) -> list[dict[str, float]]:
+        """The rows of the epochs before ``epoch`` in an existing log: a resumed run continues it."""
+        if epoch == 1 or not self.log_path.is_file():
+            return []
+        with self.log_path.open(newline="") as file:
+            rows = [{key: float(v) if v else None for key, v in row.items()} for row in csv.DictReader(file)]
+        return [{**row, "epoch": int(row["epoch"])} for row in rows if row["epoch"] < epoch]
+
     def _end_epoch(self, engine: Engine) -> None:
+        if not self.history:
+            self.history = self._earlier_rows(engine.state.epoch)
         loss = float(np.mean(self._losses))
         row = {"epoch": engine.state.epoch, "loss": loss, self.metric_name: self._metric}
         self.history.append(row)
         self._losses, self._metric = [], None
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "training_log.csv"
-        with path.open("a" if len(self.history) > 1 else "w", newline="") as file:
+        with atomic_write(self.log_path) as partial, partial.open("w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(row))
-            if len(self.history) == 1:
-                writer.writeheader()
-            writer.writerow(row)
+            writer.writeheader()
+            writer.writerows(self.history)
 
     def write_figures(self, engine: Engine | None = None) -> None:
         """Write ``learning_curves.png`` and, after a validation, ``validation_overlay.png``."""

@@ -1,0 +1,116 @@
+"""The bundles on bad input: one clear error naming each path, before anything is built or written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from unet_med.checkpoints import CheckpointError
+from unet_med.dataset_check import DatasetError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "data_samples"
+BUNDLES = {dims: ROOT / "bundles" / f"unet_med_{dims}_segmentation" for dims in ("3d", "2d")}
+
+
+def workflow(name: str, config: str, workflow_type: str, **overrides) -> ConfigWorkflow:
+    bundle = BUNDLES[name]
+    return ConfigWorkflow(
+        config_file=str(bundle / "configs" / config),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        **{key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()},
+    )
+
+
+def error_of(step) -> BaseException:
+    """The error that ``step()`` raises, under MONAI's "Failed to evaluate" wrappers."""
+    with pytest.raises(Exception) as raised:
+        step()
+    error = raised.value
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def damaged_samples(folder: Path) -> Path:
+    """data_samples with a truncated image, a missing label and a single-slice case."""
+    shutil.copytree(SAMPLES, folder)
+    truncated = folder / "imagesTr" / "hippocampus_003.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:20000])
+    (folder / "labelsTr" / "hippocampus_004.nii.gz").unlink()
+    for kind in ("imagesTr", "labelsTr"):
+        volume = nib.load(folder / kind / "hippocampus_001.nii.gz")
+        nib.save(volume.slicer[:, :, 17:18], folder / kind / "hippocampus_slice.nii.gz")
+    description = json.loads((folder / "dataset.json").read_text())
+    description["training"].append(
+        {"image": "./imagesTr/hippocampus_slice.nii.gz", "label": "./labelsTr/hippocampus_slice.nii.gz"}
+    )
+    (folder / "dataset.json").write_text(json.dumps(description))
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path):
+    dataset = damaged_samples(tmp_path / "data")
+    train = workflow(name, "train.yaml", "train", dataset_dir=dataset, ckpt_dir=tmp_path / "models")
+    train.initialize()
+    error = error_of(train.run)
+    assert isinstance(error, DatasetError)
+    expected = [
+        f"{dataset}/imagesTr/hippocampus_003.nii.gz: truncated: the file ends before its data does",
+        f"{dataset}/labelsTr/hippocampus_004.nii.gz: missing label (dataset.json pairs it with",
+    ]
+    if name == "3d":  # the 2D bundle trains on slices: a one-slice volume suits it
+        expected += [f"{dataset}/{kind}/hippocampus_slice.nii.gz: a 2D slice" for kind in ("imagesTr", "labelsTr")]
+    assert len(error.problems) == len(expected)
+    assert all(any(line.startswith(start) for line in error.problems) for start in expected), error.problems
+    built = train.parser.ref_resolver.resolved_content.keys()
+    assert not {"network", "train::dataset", "validate::dataset"} & built
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_output_folders_that_cannot_be_written_are_named(name, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for config, workflow_type, folder in [
+        ("train.yaml", "train", "ckpt_dir"),
+        ("train.yaml", "train", "output_dir"),
+        ("inference.yaml", "infer", "output_dir"),
+    ]:
+        run = workflow(name, config, workflow_type, **{folder: blocker / "sub"})
+        error = error_of(run.initialize)
+        assert str(error) == f"output folder {blocker / 'sub'} cannot be created: {blocker} is a file."
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_path):
+    good = SAMPLES / "imagesTr" / "hippocampus_001.nii.gz"
+    truncated = tmp_path / "inputs" / "hippocampus_003.nii.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes((SAMPLES / "imagesTr" / "hippocampus_003.nii.gz").read_bytes()[:20000])
+    twin = tmp_path / "twin" / "hippocampus_001.nii"
+    twin.parent.mkdir()
+    nib.save(nib.load(good), twin)
+
+    infer = workflow(name, "inference.yaml", "infer", output_dir=tmp_path / "out", datalist=[str(good), str(truncated)])
+    error = error_of(infer.initialize)
+    assert isinstance(error, DatasetError)
+    assert str(error) == f"{truncated}: truncated: the file ends before its data does"
+
+    infer = workflow(name, "inference.yaml", "infer", output_dir=tmp_path / "out", datalist=[str(good), str(twin)])
+    assert "have the same name, so their outputs would overwrite each other" in str(error_of(infer.initialize))
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_without_trained_model_names_the_checkpoint(tmp_path):
+    infer = workflow("3d", "inference.yaml", "infer", ckpt_dir=tmp_path, output_dir=tmp_path / "out")
+    infer.initialize()
+    error = error_of(infer.run)
+    assert isinstance(error, CheckpointError) and str(error) == f"no checkpoint file at {tmp_path}/model.pt."

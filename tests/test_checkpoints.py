@@ -1,0 +1,124 @@
+"""Checkpoints: weights-only loading with errors that name the file, and a training state that resumes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from unet_med.checkpoints import (
+    AtomicCheckpointSaver,
+    CheckpointError,
+    TrainingStateSaver,
+    WeightsOnlyCheckpointLoader,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+class Payload:
+    """A class a checkpoint might pickle: loading it would run code of the file's choosing."""
+
+
+def test_pickled_objects_are_refused_with_the_file_named(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict(), "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} is refused")) as error:
+        load_checkpoint(path)
+    assert "test_checkpoints.Payload" in str(error.value) and "weights_only=True" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_truncated_and_foreign_files_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match=f"no checkpoint file at {tmp_path / 'none.pt'}"):
+        load_checkpoint(tmp_path / "none.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint({"weight": torch.ones(1000)}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    foreign = tmp_path / "notes.pt"
+    foreign.write_text("not a checkpoint")
+    for path in (truncated, foreign):
+        with pytest.raises(CheckpointError, match=rf"{path} is not a readable PyTorch checkpoint \(truncated"):
+            load_checkpoint(path)
+    assert torch.equal(load_checkpoint(good)["weight"], torch.ones(1000))
+
+
+def run_engine_with_loader(loader: WeightsOnlyCheckpointLoader) -> Engine:
+    engine = Engine(lambda engine, batch: None)
+    loader.attach(engine)
+    engine.run([0], max_epochs=1)
+    return engine
+
+
+def test_loader_refuses_pickled_objects_and_names_a_checkpoint_that_does_not_fit(tmp_path):
+    evil, other = tmp_path / "evil.pt", tmp_path / "other.pt"
+    torch.save({"model": Payload()}, evil)
+    save_checkpoint(torch.nn.Linear(5, 1).state_dict(), other)
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=f"{evil} is refused"):
+        run_engine_with_loader(WeightsOnlyCheckpointLoader(evil, {"model": net}))
+    with pytest.raises(CheckpointError, match=rf"{other} does not fit the objects it is loaded into \(model\): .*size"):
+        run_engine_with_loader(WeightsOnlyCheckpointLoader(other, {"model": net}))
+
+
+METRICS = [None, 0.2, 0.6, 0.4, 0.5, 0.3]  # validation metric by epoch: epoch 2's is the best
+
+
+def train(folder, stop_after: int | None = None, resume: bool = False) -> tuple[Engine, dict, Engine]:
+    """Five epochs of a small trainer and validator wired as the bundles wire theirs.
+
+    Returns the trainer, the objects of its training state and the validator.
+    """
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=5)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        net(batch).square().mean().backward()
+        optimizer.step()
+
+    def validate(validator):  # a metric, and the best so far as MONAI's evaluators track it
+        dice = validator.state.metrics["dice"] = METRICS[trainer.state.epoch]
+        if dice > validator.state.best_metric:
+            validator.state.best_metric, validator.state.best_metric_epoch = dice, trainer.state.epoch
+
+    trainer, validator = Engine(step), Engine(lambda engine, batch: None)
+    validator.state.best_metric, validator.state.best_metric_epoch = -1, -1
+    validator.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    saver = AtomicCheckpointSaver(folder, {"model": net}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt")
+    saver.attach(validator)
+    state = {"model": net, "optimizer": optimizer, "lr_scheduler": scheduler, "best_model_saver": saver}
+    if resume:
+        WeightsOnlyCheckpointLoader(folder / "latest.pt", state, engine_key="trainer").attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: validator.run([0]))
+    TrainingStateSaver(folder / "latest.pt", state).attach(trainer)
+    if stop_after is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda engine: engine.terminate())
+    trainer.run([torch.ones(2, 3)] * 2, max_epochs=5)
+    return trainer, state, validator
+
+
+def test_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    _, uninterrupted, _ = train(once)
+    train(twice, stop_after=2)
+    saved = load_checkpoint(twice / "latest.pt")
+    assert saved["trainer"]["iteration"] == 4 and saved["lr_scheduler"]["last_epoch"] == 2
+    assert saved["best_model_saver"]["best_metric"] == 0.6
+
+    trainer, resumed, validator = train(twice, resume=True)
+    assert (trainer.state.epoch, trainer.state.iteration, resumed["lr_scheduler"].last_epoch) == (5, 10, 5)
+    for key in ("weight", "bias"):
+        assert torch.equal(resumed["model"].state_dict()[key], uninterrupted["model"].state_dict()[key])
+    # model.pt holds epoch 2's weights in both: the resumed run knew that 0.4, 0.5 and 0.3 are worse than 0.6.
+    assert (validator.state.best_metric, validator.state.best_metric_epoch) == (0.6, 2)
+    best_once, best_twice = load_checkpoint(once / "model.pt"), load_checkpoint(twice / "model.pt")
+    assert best_once.keys() == {"weight", "bias"}
+    assert all(torch.equal(best_once[key], best_twice[key]) for key in best_once)
