@@ -1,0 +1,234 @@
+"""The bundles in a real MONAI Label server, started by scripts/monailabel_server.py on loopback.
+
+The server runs in its own environment (built once, then cached; see the script). It serves copies of the 3D and
+2D bundles with freshly initialised weights on a copy of data_samples/imagesTr plus one reoriented scan; the tests
+ask it for its models, segment scans, submit two labels and train the 3D bundle one epoch, as 3D Slicer or OHIF
+would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "monailabel_server.py"
+BUNDLES = {dims: ROOT / "bundles" / f"unet_med_{dims}d_segmentation" for dims in (3, 2)}
+MODEL = BUNDLES[3].name
+SAMPLES = ROOT / "data_samples"
+REORIENTED = "reoriented_001"  # hippocampus_001 stored left-posterior-superior instead of right-anterior-superior
+ENV_TIMEOUT_S = 3600  # a first build downloads about 4 GB
+READY_TIMEOUT_S = 180
+TRAIN_TIMEOUT_S = 600
+
+
+@dataclass
+class Server:
+    """A running server: its address, process, log and the folders it serves."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+    studies: Path
+    bundles: Path
+    app: Path
+
+    def log_tail(self, chars: int = 6000) -> str:
+        """The end of the server's output, for failure messages."""
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
+        """Send one HTTP request; fail the test with the server's log on an error status."""
+        call = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(call, timeout=300) as response:
+                return response.read()
+        except urllib.error.HTTPError as error:
+            pytest.fail(f"{method} {path}: HTTP {error.code} {error.read()[:500]!r}\n{self.log_tail()}")
+
+    def json(self, method: str, path: str, payload: dict | None = None) -> dict:
+        """Send a request with an optional JSON body and decode the JSON answer."""
+        body = None if payload is None else json.dumps(payload).encode()
+        return json.loads(self.request(method, path, body, {"Content-Type": "application/json"}))
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def multipart(field: str, file: Path) -> tuple[bytes, dict]:
+    """A multipart/form-data body with one file field, and its Content-Type header."""
+    boundary = uuid.uuid4().hex
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{file.name}"\r\n\r\n'
+    body = head.encode() + file.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def ensure_environment() -> None:
+    """Build the MONAI Label environment, or find it in the cache; fail with the build's output if it cannot."""
+    command = [sys.executable, str(SCRIPT), "env"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=ENV_TIMEOUT_S)
+    if result.returncode != 0:
+        pytest.fail(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}")
+
+
+def write_studies(studies: Path) -> None:
+    """The sample images, plus hippocampus_001 with its first two axes flipped and an affine to match."""
+    shutil.copytree(SAMPLES / "imagesTr", studies)
+    source = nib.load(studies / "hippocampus_001.nii.gz")
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = np.array(source.shape[:2]) - 1.0
+    data = np.asarray(source.dataobj)[::-1, ::-1]
+    nib.save(nib.Nifti1Image(data, source.affine @ flip, source.header), studies / f"{REORIENTED}.nii.gz")
+
+
+def write_bundle(source: Path, bundle: Path) -> None:
+    """A copy of a bundle whose models/model.pt holds freshly initialised weights."""
+    shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("models", "runs", "eval", "outputs"))
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    (bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+
+
+def wait_until_ready(server: Server) -> None:
+    """Poll GET /info/ until the server answers; fail with its log if it exits or takes too long."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"the MONAI Label server exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(server.url + "/info/", timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"the MONAI Label server did not answer within {READY_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server and its children (training runs in a child process) through its process group.
+
+    SIGTERM first, which lets the server shut down cleanly; SIGKILL for whatever is left after 30 s.
+    """
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while (process.poll() is None or group_alive(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if process.poll() is None or group_alive(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    """A MONAI Label server serving copies of the bundles; stopped by its process id at the end."""
+    ensure_environment()
+    root = tmp_path_factory.mktemp("monailabel")
+    write_studies(root / "studies")
+    port = free_port()
+    command = [sys.executable, str(SCRIPT), "start", "--studies", str(root / "studies"), "--port", str(port)]
+    for source in BUNDLES.values():
+        write_bundle(source, root / "bundles" / source.name)
+        command += ["--bundle", str(root / "bundles" / source.name)]
+    command += ["--app", str(root / "app")]
+    log = root / "server.log"
+    with log.open("w") as output:
+        # A session of its own: the server's process id is its process group's, which its children share.
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process, log, root / "studies", root / "bundles", root / "app")
+    try:
+        wait_until_ready(server)
+        yield server
+    finally:
+        stop(process)
+
+
+def segment(server: Server, model: str, image: str, folder: Path) -> np.ndarray:
+    """POST /infer/<model>?image=<id>: the label map the server returns, checked against the scan's grid."""
+    answer = server.request("POST", f"/infer/{model}?image={image}&output=image")
+    (folder / f"{image}.nii.gz").write_bytes(answer)
+    pred = nib.load(folder / f"{image}.nii.gz")
+    source = nib.load(server.studies / f"{image}.nii.gz")
+    assert pred.shape == source.shape
+    np.testing.assert_allclose(pred.affine, source.affine, atol=1e-4)
+    labels = np.asarray(pred.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    return labels
+
+
+@pytest.mark.parametrize("dims", sorted(BUNDLES))
+def test_info_lists_the_bundle_and_its_labels(server, dims):
+    info = server.json("GET", "/info/")
+    model = info["models"][BUNDLES[dims].name]
+    assert model["type"] == "segmentation"
+    assert model["dimension"] == dims
+    assert model["labels"] == {"anterior": 1, "posterior": 2}
+    metadata = json.loads((BUNDLES[dims] / "configs" / "metadata.json").read_text())
+    assert model["version"] == metadata["version"]
+    assert BUNDLES[dims].name in info["trainers"]
+    assert info["datastore"]["total"] == len(list((SAMPLES / "imagesTr").iterdir())) + 1
+
+
+def test_inference_returns_a_label_map_in_the_image_space(server, tmp_path):
+    labels = {image: segment(server, MODEL, image, tmp_path) for image in ("hippocampus_001", REORIENTED)}
+    assert len(np.unique(labels["hippocampus_001"])) > 1
+    # The same voxels in the other orientation: the server reoriented the scan and turned its answer back.
+    np.testing.assert_array_equal(labels[REORIENTED], labels["hippocampus_001"][::-1, ::-1])
+
+
+def test_2d_bundle_segments_a_volume_slice_by_slice(server, tmp_path):
+    assert len(np.unique(segment(server, BUNDLES[2].name, REORIENTED, tmp_path))) > 1
+
+
+def test_submitted_labels_train_the_bundle(server):
+    for case in ("hippocampus_001", "hippocampus_003"):
+        body, headers = multipart("label", SAMPLES / "labelsTr" / f"{case}.nii.gz")
+        saved = json.loads(server.request("PUT", f"/datastore/label?image={case}&tag=final", body, headers))
+        assert saved == {"image": case, "label": case}
+    assert server.json("GET", "/datastore/?output=stats")["label_tags"] == {"final": 2}
+
+    weights = server.bundles / MODEL / "models" / "model.pt"
+    before, modified = torch.load(weights, weights_only=True), weights.stat().st_mtime_ns
+    # One epoch on one case, validated on the other: the bundle validates at least once and saves the best model.
+    task = server.json("POST", f"/train/{MODEL}", {"max_epochs": 1, "val_split": 0.5})
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while task["status"] in ("SUBMITTED", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(2)
+        task = server.json("GET", "/train/")
+    assert task["status"] == "DONE", f"training ended as {task['status']}:\n{server.log_tail()}"
+
+    served = server.app / "model" / MODEL / "models" / "model.pt"  # the bundle as MONAI Label sees it
+    assert f"Restored all variables from {served}" in server.log.read_text(), "training ignored models/model.pt"
+    after = torch.load(weights, weights_only=True)
+    assert weights.stat().st_mtime_ns > modified
+    assert after.keys() == before.keys()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
