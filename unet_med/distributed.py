@@ -3,7 +3,8 @@
 ``torchrun`` starts one process per GPU (or per share of a CPU) and sets ``RANK``, ``LOCAL_RANK`` and
 ``WORLD_SIZE`` in each; the bundles' ``configs/multi_gpu_train.yaml`` and ``configs/multi_gpu_evaluate.yaml``
 call these functions, for example ``device: $unet_med.distributed.local_device()``. The distributed engine is
-PyTorch's (``torch.distributed`` and ``DistributedDataParallel``); nothing here communicates by itself.
+PyTorch's (``torch.distributed`` and ``DistributedDataParallel``); these functions only set it up for MONAI's
+engines.
 """
 
 from __future__ import annotations
