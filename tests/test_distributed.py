@@ -45,8 +45,10 @@ def distributed_run(tmp_path_factory) -> tuple[Path, str]:
     (out / "cases").mkdir()
     case_log = out / "case_log.yaml"
     case_log.write_text(CASE_LOG.format(folder=out / "cases"))
-    config = TRAIN.format(case_log=case_log)
-    result = bundle_cli(BUNDLES["3d"], config, out, "runs", "--epochs", "1", "--val_interval", "1", launcher=TORCHRUN)
+    config, one_epoch = TRAIN.format(case_log=case_log), ("--epochs", "1", "--val_interval", "1")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")  # the CPU and gloo, whatever the machine
+        result = bundle_cli(BUNDLES["3d"], config, out, "runs", *one_epoch, launcher=TORCHRUN)
     return out, result.stdout
 
 
@@ -76,8 +78,9 @@ def test_rank_zero_alone_writes_checkpoint_events_and_logs(distributed_run):
     assert len(list(csv.DictReader((out / "runs" / "training_log.csv").open()))) == 1
 
 
-def test_distributed_validation_equals_single_process_evaluation(distributed_run):
+def test_distributed_validation_equals_single_process_evaluation(distributed_run, monkeypatch):
     out, _ = distributed_run
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     bundle_cli(BUNDLES["3d"], "['configs/train.yaml','configs/evaluate.yaml']", out, "eval")
     reported = float(next(csv.DictReader((out / "runs" / "training_log.csv").open()))["val_mean_dice"])
     evaluated = {row[0]: row[1] for row in csv.reader((out / "eval" / "metrics.csv").open())}
