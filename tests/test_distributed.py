@@ -128,6 +128,8 @@ def test_multi_gpu_configs_build(name, kind, one_process_group, tmp_path):
         config_file=[str(file) for file in files],
         workflow_type="train",
         bundle_root=str(BUNDLES[name]),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
         cache_rate=0.0,
     )
     workflow.initialize()  # joins the group and builds the engines
