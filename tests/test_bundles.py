@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -25,14 +26,26 @@ IMAGES = ROOT / "data_samples" / "imagesTr"
 INFER_GLOB = str(IMAGES / "hippocampus_00[13].nii.gz")
 
 
-def bundle_cli(bundle: Path, config: str, out: Path, output: str, *overrides: str, run_id: str = "") -> None:
-    """Run ``python -m monai.bundle run`` in ``bundle``; weights go to out/models, outputs to out/output."""
+def bundle_cli(
+    bundle: Path,
+    config: str,
+    out: Path,
+    output: str,
+    *overrides: str,
+    run_id: str = "",
+    launcher: Sequence[str] = (sys.executable,),
+) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle run`` in ``bundle``; weights go to out/models, outputs to out/output.
+
+    ``launcher`` starts the module: the Python interpreter, or e.g. torchrun and its options.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     paths = ["--ckpt_dir", str(out / "models"), "--output_dir", str(out / output)]
-    command = [sys.executable, "-m", "monai.bundle", "run", *filter(None, [run_id])]
+    command = [*launcher, "-m", "monai.bundle", "run", *filter(None, [run_id])]
     command += ["--config_file", config, *paths, *overrides]
     result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
 
 
 @pytest.fixture(scope="module", params=sorted(BUNDLES))
