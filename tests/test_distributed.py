@@ -68,7 +68,7 @@ def test_ranks_train_on_halves_and_validate_their_own_cases(distributed_run):
 
 def test_rank_zero_alone_writes_checkpoint_events_and_logs(distributed_run):
     out, stdout = distributed_run
-    assert [path.name for path in (out / "models").iterdir()] == ["model.pt"]
+    assert sorted(path.name for path in (out / "models").iterdir()) == ["checkpoint_latest.pt", "model.pt"]
     network_def = yaml.safe_load((BUNDLES["3d"] / "configs" / "train.yaml").read_text())["network_def"]
     kwargs = {k: v for k, v in network_def.items() if k != "_target_"} | {"out_channels": 3}
     UNet(**kwargs).load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
@@ -144,7 +144,7 @@ def test_multi_gpu_configs_build(name, kind, one_process_group, tmp_path):
         handlers = [type(h) for h in workflow.parser.get_parsed_content("train#handlers")]
         handlers += [type(h) for h in workflow.parser.get_parsed_content("validate#handlers")]
         expected = {StatsHandler, TensorBoardStatsHandler, TrainingReport, CheckpointSaver}
-        assert expected <= set(handlers)  # rank 0 keeps them
+        assert all(any(issubclass(h, kind) for h in handlers) for kind in expected)  # rank 0 keeps them
         assert (CheckpointLoader in handlers) == (kind == "monailabel")
     finally:
         workflow.finalize()
