@@ -52,7 +52,7 @@ def bundle_cli(
 def trained(request, tmp_path_factory) -> tuple[Path, Path]:
     """Train a bundle for one short epoch (two training cases, one validation case) into a tmp folder."""
     bundle, out = BUNDLES[request.param], tmp_path_factory.mktemp(f"bundle_{request.param}")
-    overrides = ["--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--num_val", "1"]
+    overrides = ["--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--num_val", "1", "--amp", "false"]
     overrides += ["--train#dataset#data", "$@datalists['training'][:2]"]
     bundle_cli(bundle, "configs/train.yaml", out, "runs", *overrides, run_id="training")
     return bundle, out
