@@ -19,7 +19,7 @@ held-out slice with its predictions. The data (``train/images/*.png`` and ``trai
 for cell interior and 0 for membrane) is not part of this repository.
 
 Example:
-    PYTHONPATH=. python benchmarks/bench_em_membranes.py path/to/isbi2012_em --steps 2000 --out isbi.png
+    PYTHONPATH=. python benchmarks/bench_em_membranes.py path/to/em_data --elastic --weight-map --out em.png
 """
 
 from __future__ import annotations
@@ -220,10 +220,10 @@ def save_figure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="folder with train/images/*.png and train/labels/*.png")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (one patch each) per network")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps (one patch each) per network")
     parser.add_argument("--tile", type=int, default=572, help="largest inference input tile, voxels per axis")
     parser.add_argument(
-        "--patch", type=int, default=316, help="largest training input patch, voxels per axis"
+        "--patch", type=int, default=572, help="largest training input patch, voxels per axis"
     )
     parser.add_argument(
         "--features", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="widths per level"
