@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
-from unet_med.data import decathlon_datalist, label_names
+from unet_med.bundle.datalists import decathlon_datalist, label_names
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "unet_med_3d_segmentation"
 

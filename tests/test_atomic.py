@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_med.atomic import PARTIAL_PREFIX, atomic_write
+from unet_med.bundle.io import PARTIAL_PREFIX, atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_killed_best_model_save_keeps_previous_model(tmp_path):
         """
         import torch
         from ignite.engine import Engine
-        from unet_med.checkpoints import AtomicCheckpointSaver
+        from unet_med.bundle.handlers import AtomicCheckpointSaver
 
         torch.manual_seed(0)
         net, engine = torch.nn.Linear(4, 3), Engine(lambda engine, batch: None)
@@ -80,7 +80,7 @@ def test_killed_nifti_write_keeps_previous_file(tmp_path):
     run_until_killed(
         """
         import numpy as np
-        from unet_med.atomic import AtomicNibabelWriter
+        from unet_med.bundle.io import AtomicNibabelWriter
 
         def write(value):
             writer = AtomicNibabelWriter(output_dtype=np.uint8)

@@ -10,8 +10,8 @@ import nibabel as nib
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from unet_med.checkpoints import CheckpointError
-from unet_med.dataset_check import DatasetError
+from unet_med.bundle.dataset_check import DatasetError
+from unet_med.bundle.io import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data_samples"

@@ -8,14 +8,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from unet_med.checkpoints import (
-    AtomicCheckpointSaver,
-    CheckpointError,
-    TrainingStateSaver,
-    WeightsOnlyCheckpointLoader,
-    load_checkpoint,
-    save_checkpoint,
-)
+from unet_med.bundle.handlers import AtomicCheckpointSaver, TrainingStateSaver, WeightsOnlyCheckpointLoader
+from unet_med.bundle.io import CheckpointError, load_checkpoint, save_checkpoint
 
 
 class Payload:

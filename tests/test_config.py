@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unet_med.config import as_bool
+from unet_med.bundle.flags import as_bool
 
 
 @pytest.mark.parametrize(

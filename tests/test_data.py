@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from unet_med import data
+from unet_med.bundle import datalists as data
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 

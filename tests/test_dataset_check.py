@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet_med import data
-from unet_med.dataset_check import DatasetError, check_dataset, check_images, main
+from unet_med.bundle import datalists as data
+from unet_med.bundle.dataset_check import DatasetError, check_dataset, check_images, main
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 SHAPE = (8, 9, 6)

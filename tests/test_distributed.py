@@ -18,10 +18,10 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler, Tens
 from test_bundles import BUNDLES, ROOT, bundle_cli
 from torch.nn.parallel import DistributedDataParallel
 
-from unet_med import distributed
-from unet_med.data import train_val_datalists
+from unet_med.bundle import distributed
+from unet_med.bundle.datalists import train_val_datalists
+from unet_med.bundle.handlers import TrainingReport
 from unet_med.networks import UNet
-from unet_med.reporting import TrainingReport
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 TRAIN = "['configs/train.yaml','configs/multi_gpu_train.yaml','{case_log}']"

@@ -15,7 +15,7 @@ import yaml
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from unet_med.checkpoints import load_checkpoint
+from unet_med.bundle.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "unet_med_3d_segmentation"
@@ -110,5 +110,5 @@ def test_both_bundles_check_save_and_resume_alike():
         }
 
     assert entries("3d") == entries("2d")
-    assert entries("3d")["resume loader"]["_target_"] == "unet_med.checkpoints.WeightsOnlyCheckpointLoader"
-    assert entries("3d")["state saver"]["_target_"] == "unet_med.checkpoints.TrainingStateSaver"
+    assert entries("3d")["resume loader"]["_target_"] == "unet_med.bundle.handlers.WeightsOnlyCheckpointLoader"
+    assert entries("3d")["state saver"]["_target_"] == "unet_med.bundle.handlers.TrainingStateSaver"

@@ -1,6 +1,10 @@
-"""unet-med: a U-Net for 2D and 3D medical image segmentation that plugs into MONAI."""
+"""unet-med: a U-Net for 2D and 3D medical image segmentation that plugs into MONAI.
 
-from unet_med import data
+Two layers: the research library (:mod:`unet_med.networks`, :mod:`unet_med.transforms`,
+:mod:`unet_med.inferers`, :mod:`unet_med.losses`), re-exported here, and :mod:`unet_med.bundle`, what the MONAI
+bundles run on. The library never imports the bundle layer.
+"""
+
 from unet_med.inferers import OverlapTileInferer
 from unet_med.losses import WeightedCELoss, WeightedDiceCELoss
 from unet_med.networks import UNet
@@ -17,5 +21,4 @@ __all__ = [
     "WeightedCELoss",
     "WeightedDiceCELoss",
     "__version__",
-    "data",
 ]

@@ -3,7 +3,7 @@
 A Decathlon folder holds ``imagesTr/``, ``labelsTr/`` and a ``dataset.json`` whose ``training`` section lists
 ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}`` pairs and whose ``labels`` section names
 the classes. Every function here can be called from bundle YAML, for example
-``"$unet_med.data.train_val_datalists(@dataset_dir)['training']"``.
+``"$unet_med.bundle.datalists.train_val_datalists(@dataset_dir)['training']"``.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def train_val_datalists(
 
     Args:
         dataset: the Decathlon folder or its ``dataset.json``, or its training cases already listed (e.g. by
-            :func:`unet_med.dataset_check.check_dataset`).
+            :func:`unet_med.bundle.dataset_check.check_dataset`).
         val_fraction: share of the cases for validation (see :func:`split_datalist`).
         num_val: number of validation cases; overrides ``val_fraction`` when given.
         seed: seed of the split.

@@ -2,7 +2,7 @@
 
 A command, as well as what the bundles run before they build anything::
 
-    python -m unet_med.dataset_check /data/Task04_Hippocampus --spatial-dims 3 --num-classes 3
+    python -m unet_med.bundle.dataset_check /data/Task04_Hippocampus --spatial-dims 3 --num-classes 3
 
 It checks that every image of ``dataset.json``'s ``training`` section has its label and that no image or label
 in ``imagesTr/``/``labelsTr/`` lacks its partner; that every file loads (not truncated or corrupt); that image
@@ -29,7 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from unet_med.data import NIFTI_SUFFIXES, decathlon_datalist, label_names
+from unet_med.bundle.datalists import NIFTI_SUFFIXES, decathlon_datalist, label_names
 
 __all__ = ["DatasetError", "check_dataset", "check_images", "main"]
 
@@ -262,7 +262,7 @@ def check_images(
     """Check images to segment, as :func:`check_dataset` checks training images; raise with every problem.
 
     Args:
-        datalist: ``{"image": path}`` dicts, e.g. from :func:`unet_med.data.image_datalist`.
+        datalist: ``{"image": path}`` dicts, e.g. from :func:`unet_med.bundle.datalists.image_datalist`.
         spatial_dims: the network's (see :class:`FileSpec`).
         in_channels: image channels the network takes.
         workers: files read at once.
@@ -291,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 if the dataset passes, 1 otherwise.
     """
-    parser = argparse.ArgumentParser(prog="python -m unet_med.dataset_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m unet_med.bundle.dataset_check", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("folder", help="Decathlon folder: dataset.json, imagesTr/, labelsTr/")
     parser.add_argument("--spatial-dims", type=int, default=3, choices=(2, 3), help="the network's (default 3)")
     parser.add_argument("--in-channels", type=int, default=1, help="image channels (default 1)")

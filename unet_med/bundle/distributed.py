@@ -2,7 +2,7 @@
 
 ``torchrun`` starts one process per GPU (or per share of a CPU) and sets ``RANK``, ``LOCAL_RANK`` and
 ``WORLD_SIZE`` in each; the bundles' ``configs/multi_gpu_train.yaml`` and ``configs/multi_gpu_evaluate.yaml``
-call these functions, for example ``device: $unet_med.distributed.local_device()``. The distributed engine is
+call these functions, for example ``device: $unet_med.bundle.distributed.local_device()``. The distributed engine is
 PyTorch's (``torch.distributed`` and ``DistributedDataParallel``); these functions only set it up for MONAI's
 engines.
 """
@@ -21,7 +21,7 @@ from ignite import distributed as idist
 from monai.bundle import ConfigComponent
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardHandler
 
-from unet_med.reporting import TrainingReport
+from unet_med.bundle.handlers import TrainingReport
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -106,7 +106,7 @@ def rank_zero_only(target: str) -> bool:
 
     Args:
         target: the handler's ``_target_``, e.g. ``"TensorBoardStatsHandler"`` or
-            ``"unet_med.reporting.TrainingReport"``.
+            ``"unet_med.bundle.handlers.TrainingReport"``.
 
     Returns:
         ``True`` (skip it) on ranks other than 0, ``False`` on rank 0.

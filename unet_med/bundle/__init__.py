@@ -1,0 +1,10 @@
+"""What the MONAI bundles run on, built on the library: its modules are called from the bundles' configs.
+
+- :mod:`~unet_med.bundle.datalists`: Decathlon datalists, splits, label names, output folder checks.
+- :mod:`~unet_med.bundle.dataset_check`: every problem of a data set at once, before anything is built.
+- :mod:`~unet_med.bundle.handlers`: ignite handlers: atomic and resumable checkpoints, the training report.
+- :mod:`~unet_med.bundle.figures`: the report's figures.
+- :mod:`~unet_med.bundle.io`: atomic file writes and weights-only checkpoint files.
+- :mod:`~unet_med.bundle.distributed`: the multi-GPU configs' device, process group and rank-0 handlers.
+- :mod:`~unet_med.bundle.flags`: command-line flags read as the user means them.
+"""

@@ -1,0 +1,144 @@
+"""Files that survive a killed process: atomic writes, and checkpoints that load without running code.
+
+Atomic writes: a file is written beside its target under a hidden name, then renamed onto it.
+
+A rename within one folder is atomic, so a reader sees either the previous file or the complete new one, never
+a half-written one, even when the writing process is killed. A killed write leaves its hidden partial file
+(``.partial-<random>-<name>``) behind, which is safe to delete.
+
+Checkpoints: :func:`save_checkpoint` writes through :func:`atomic_write`; :func:`load_checkpoint` reads with
+``torch.load(..., weights_only=True)``: tensors, numbers, strings and plain containers only; anything else, and
+any unreadable file, raises a :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import NibabelWriter
+
+__all__ = [
+    "AtomicNibabelWriter",
+    "CheckpointError",
+    "atomic_write",
+    "load_checkpoint",
+    "one_line",
+    "save_checkpoint",
+]
+
+PARTIAL_PREFIX = ".partial-"
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Give a temporary path to write ``path``'s content to; rename it onto ``path`` when the block succeeds.
+
+    The temporary file lies in ``path``'s folder (a rename across file systems would not be atomic) and ends
+    with ``path``'s name, so that writers which pick a format from the extension (``.nii.gz``) pick the same
+    one. It is created empty with the permissions of any new file (``0o666`` less the umask), flushed to disk
+    before the rename, and removed if the block raises.
+
+    Args:
+        path: the file to write; its folder must exist.
+
+    Yields:
+        The temporary path to write to.
+    """
+    path = Path(path)
+    partial = path.with_name(f"{PARTIAL_PREFIX}{secrets.token_hex(6)}-{path.name}")
+    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        yield partial
+        with partial.open("rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` that writes each NIfTI file atomically (see :func:`atomic_write`).
+
+    ``nibabel.save`` writes in place, so an inference run stopped during a write would leave a truncated
+    ``.nii.gz`` that looks like a finished prediction. Give it to ``SaveImage``/``SaveImaged`` as
+    ``writer: unet_med.bundle.io.AtomicNibabelWriter``.
+    """
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
+        """Write the NIfTI file ``filename`` through a temporary file beside it.
+
+        Args:
+            filename: the target file, e.g. ``outputs/case_seg.nii.gz``.
+            verbose: log the progress.
+            obj_kwargs: passed to ``NibabelWriter.write``.
+        """
+        if verbose:
+            logger.info(f"writing: {filename}")
+        with atomic_write(filename) as partial:
+            super().write(partial, verbose=False, **obj_kwargs)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, refused or does not fit what it is loaded into."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened to ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write ``checkpoint`` with ``torch.save`` so that ``path`` is never left half-written.
+
+    Args:
+        checkpoint: what to save, e.g. ``{"model": net.state_dict(), "optimizer": opt.state_dict()}``.
+        path: the file; its folder is created when missing.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as partial:
+        torch.save(checkpoint, partial)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
+    """Read a checkpoint with ``torch.load(..., weights_only=True)``.
+
+    Args:
+        path: the file.
+        map_location: where tensors go, as for ``torch.load`` (e.g. ``"cpu"``).
+
+    Returns:
+        The checkpoint: tensors, numbers, strings and dicts, lists and tuples of them.
+
+    Raises:
+        CheckpointError: if the file is missing or unreadable (truncated, corrupt, not a checkpoint), or holds
+            other pickled Python objects, which only ``weights_only=False`` would load, running code from it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            raise CheckpointError(
+                f"{path} is refused: it holds a pickled Python object ({refused.group(1)}), and loading such "
+                "objects can run arbitrary code; checkpoints are read with torch.load(weights_only=True), which "
+                "takes tensors, numbers, strings and plain containers only. Use checkpoints from sources you trust."
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+            + (detail.group(1).strip() if detail else one_line(err))
+        ) from None
