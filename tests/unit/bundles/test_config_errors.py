@@ -13,13 +13,10 @@ from monai.bundle import ConfigWorkflow
 from unet_med.bundle.dataset_check import DatasetError
 from unet_med.bundle.io import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "data_samples"
-BUNDLES = {dims: ROOT / "bundles" / f"unet_med_{dims}_segmentation" for dims in ("3d", "2d")}
+BUNDLE_NAMES = ["2d", "3d"]
 
 
-def workflow(name: str, config: str, workflow_type: str, **overrides) -> ConfigWorkflow:
-    bundle = BUNDLES[name]
+def workflow(bundle: Path, config: str, workflow_type: str, **overrides) -> ConfigWorkflow:
     return ConfigWorkflow(
         config_file=str(bundle / "configs" / config),
         workflow_type=workflow_type,
@@ -38,9 +35,9 @@ def error_of(step) -> BaseException:
     return error
 
 
-def damaged_samples(folder: Path) -> Path:
-    """data_samples with a truncated image, a missing label and a single-slice case."""
-    shutil.copytree(SAMPLES, folder)
+def damaged_samples(samples: Path, folder: Path) -> Path:
+    """A copy of ``samples`` with a truncated image, a missing label and a single-slice case."""
+    shutil.copytree(samples, folder)
     truncated = folder / "imagesTr" / "hippocampus_003.nii.gz"
     truncated.write_bytes(truncated.read_bytes()[:20000])
     (folder / "labelsTr" / "hippocampus_004.nii.gz").unlink()
@@ -55,10 +52,10 @@ def damaged_samples(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLES))
-def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path):
-    dataset = damaged_samples(tmp_path / "data")
-    train = workflow(name, "train.yaml", "train", dataset_dir=dataset, ckpt_dir=tmp_path / "models")
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path, samples, bundle_dirs):
+    dataset = damaged_samples(samples, tmp_path / "data")
+    train = workflow(bundle_dirs[name], "train.yaml", "train", dataset_dir=dataset, ckpt_dir=tmp_path / "models")
     train.initialize()
     error = error_of(train.run)
     assert isinstance(error, DatasetError)
@@ -75,8 +72,8 @@ def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path):
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLES))
-def test_output_folders_that_cannot_be_written_are_named(name, tmp_path):
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_output_folders_that_cannot_be_written_are_named(name, tmp_path, bundle_dirs):
     blocker = tmp_path / "file"
     blocker.write_text("")
     for config, workflow_type, folder in [
@@ -84,33 +81,34 @@ def test_output_folders_that_cannot_be_written_are_named(name, tmp_path):
         ("train.yaml", "train", "output_dir"),
         ("inference.yaml", "infer", "output_dir"),
     ]:
-        run = workflow(name, config, workflow_type, **{folder: blocker / "sub"})
+        run = workflow(bundle_dirs[name], config, workflow_type, **{folder: blocker / "sub"})
         error = error_of(run.initialize)
         assert str(error) == f"output folder {blocker / 'sub'} cannot be created: {blocker} is a file."
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLES))
-def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_path):
-    good = SAMPLES / "imagesTr" / "hippocampus_001.nii.gz"
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_path, samples, bundle_dirs):
+    good = samples / "imagesTr" / "hippocampus_001.nii.gz"
     truncated = tmp_path / "inputs" / "hippocampus_003.nii.gz"
     truncated.parent.mkdir()
-    truncated.write_bytes((SAMPLES / "imagesTr" / "hippocampus_003.nii.gz").read_bytes()[:20000])
+    truncated.write_bytes((samples / "imagesTr" / "hippocampus_003.nii.gz").read_bytes()[:20000])
     twin = tmp_path / "twin" / "hippocampus_001.nii"
     twin.parent.mkdir()
     nib.save(nib.load(good), twin)
 
-    infer = workflow(name, "inference.yaml", "infer", output_dir=tmp_path / "out", datalist=[str(good), str(truncated)])
+    bundle, out = bundle_dirs[name], tmp_path / "out"
+    infer = workflow(bundle, "inference.yaml", "infer", output_dir=out, datalist=[str(good), str(truncated)])
     error = error_of(infer.initialize)
     assert isinstance(error, DatasetError)
     assert str(error) == f"{truncated}: truncated: the file ends before its data does"
 
-    infer = workflow(name, "inference.yaml", "infer", output_dir=tmp_path / "out", datalist=[str(good), str(twin)])
+    infer = workflow(bundle, "inference.yaml", "infer", output_dir=out, datalist=[str(good), str(twin)])
     assert "have the same name, so their outputs would overwrite each other" in str(error_of(infer.initialize))
     assert not (tmp_path / "out").exists()
 
 
-def test_inference_without_trained_model_names_the_checkpoint(tmp_path):
-    infer = workflow("3d", "inference.yaml", "infer", ckpt_dir=tmp_path, output_dir=tmp_path / "out")
+def test_inference_without_trained_model_names_the_checkpoint(tmp_path, bundle_dirs):
+    infer = workflow(bundle_dirs["3d"], "inference.yaml", "infer", ckpt_dir=tmp_path, output_dir=tmp_path / "out")
     infer.initialize()
     error = error_of(infer.run)
     assert isinstance(error, CheckpointError) and str(error) == f"no checkpoint file at {tmp_path}/model.pt."

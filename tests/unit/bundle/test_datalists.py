@@ -8,12 +8,10 @@ import pytest
 
 from unet_med.bundle import datalists as data
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 
-
-def test_decathlon_datalist_resolves_pairs_from_folder_and_json():
-    from_folder = data.decathlon_datalist(SAMPLES)
-    assert from_folder == data.decathlon_datalist(SAMPLES / "dataset.json")
+def test_decathlon_datalist_resolves_pairs_from_folder_and_json(samples):
+    from_folder = data.decathlon_datalist(samples)
+    assert from_folder == data.decathlon_datalist(samples / "dataset.json")
     assert len(from_folder) == 10
     for item in from_folder:
         assert Path(item["image"]).is_absolute() and Path(item["image"]).is_file()
@@ -21,12 +19,12 @@ def test_decathlon_datalist_resolves_pairs_from_folder_and_json():
         assert Path(item["image"]).name == Path(item["label"]).name
 
 
-def test_missing_folder_json_or_file_is_named(tmp_path):
+def test_missing_folder_json_or_file_is_named(tmp_path, samples):
     with pytest.raises(ValueError, match=str(tmp_path / "nowhere")):
         data.decathlon_datalist(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"dataset\.json"):
         data.decathlon_datalist(tmp_path)
-    shutil.copy(SAMPLES / "dataset.json", tmp_path / "dataset.json")
+    shutil.copy(samples / "dataset.json", tmp_path / "dataset.json")
     with pytest.raises(ValueError, match=r"hippocampus_001\.nii\.gz"):
         data.decathlon_datalist(tmp_path)
     (tmp_path / "dataset.json").write_text("[1, 2]")
@@ -34,8 +32,8 @@ def test_missing_folder_json_or_file_is_named(tmp_path):
         data.load_dataset_json(tmp_path)
 
 
-def test_split_is_deterministic_and_disjoint():
-    datalist = data.decathlon_datalist(SAMPLES)
+def test_split_is_deterministic_and_disjoint(samples):
+    datalist = data.decathlon_datalist(samples)
     train, val = data.split_datalist(datalist, val_fraction=0.2, seed=3)
     assert (train, val) == data.split_datalist(datalist, val_fraction=0.2, seed=3)
     assert len(val) == 2 and len(train) == 8
@@ -48,10 +46,10 @@ def test_split_is_deterministic_and_disjoint():
         data.split_datalist(datalist, val_fraction=1.5)
 
 
-def test_train_val_datalists_and_label_names():
-    lists = data.train_val_datalists(SAMPLES, num_val=4)
+def test_train_val_datalists_and_label_names(samples):
+    lists = data.train_val_datalists(samples, num_val=4)
     assert [len(lists["training"]), len(lists["validation"])] == [6, 4]
-    assert data.label_names(SAMPLES) == {0: "background", 1: "Anterior", 2: "Posterior"}
+    assert data.label_names(samples) == {0: "background", 1: "Anterior", 2: "Posterior"}
 
 
 def test_label_names_missing(tmp_path):
@@ -60,10 +58,10 @@ def test_label_names_missing(tmp_path):
         data.label_names(tmp_path)
 
 
-def test_image_datalist_from_folder_glob_and_files(tmp_path):
-    folder = data.image_datalist(SAMPLES / "imagesTr")
+def test_image_datalist_from_folder_glob_and_files(tmp_path, samples):
+    folder = data.image_datalist(samples / "imagesTr")
     assert len(folder) == 10 and folder == sorted(folder, key=lambda d: d["image"])
-    pattern = data.image_datalist(str(SAMPLES / "imagesTr" / "hippocampus_00[13].nii.gz"))
+    pattern = data.image_datalist(str(samples / "imagesTr" / "hippocampus_00[13].nii.gz"))
     assert [Path(d["image"]).name for d in pattern] == ["hippocampus_001.nii.gz", "hippocampus_003.nii.gz"]
     assert data.image_datalist([d["image"] for d in pattern]) == pattern
     with pytest.raises(ValueError, match="no images found"):
@@ -72,11 +70,11 @@ def test_image_datalist_from_folder_glob_and_files(tmp_path):
         data.image_datalist([str(tmp_path / "x.nii.gz")])
 
 
-def test_check_output_dir_refuses_input_folder(tmp_path):
-    images = data.image_datalist(SAMPLES / "imagesTr")
+def test_check_output_dir_refuses_input_folder(tmp_path, samples):
+    images = data.image_datalist(samples / "imagesTr")
     data.check_output_dir(tmp_path, images)
     with pytest.raises(ValueError, match="holds the input"):
-        data.check_output_dir(SAMPLES / "imagesTr", images)
+        data.check_output_dir(samples / "imagesTr", images)
 
 
 def test_check_output_dir_refuses_folders_that_cannot_be_written(tmp_path):
@@ -95,8 +93,8 @@ def test_check_output_dir_names_an_unwritable_folder():
         data.check_output_dir("/sys/kernel/unet_med")
 
 
-def test_check_output_dir_refuses_inputs_whose_outputs_would_collide(tmp_path):
-    images = data.image_datalist(SAMPLES / "imagesTr")[:1]
+def test_check_output_dir_refuses_inputs_whose_outputs_would_collide(tmp_path, samples):
+    images = data.image_datalist(samples / "imagesTr")[:1]
     twin = tmp_path / "elsewhere" / Path(images[0]["image"]).name.replace(".nii.gz", ".nii")
     twin.parent.mkdir()
     twin.write_bytes(b"")
@@ -104,8 +102,8 @@ def test_check_output_dir_refuses_inputs_whose_outputs_would_collide(tmp_path):
         data.check_output_dir(tmp_path / "out", [*images, {"image": str(twin)}])
 
 
-def test_image_datalist_skips_hidden_files_and_names_an_empty_folder(tmp_path):
-    shutil.copy(SAMPLES / "imagesTr" / "hippocampus_001.nii.gz", tmp_path)
+def test_image_datalist_skips_hidden_files_and_names_an_empty_folder(tmp_path, samples):
+    shutil.copy(samples / "imagesTr" / "hippocampus_001.nii.gz", tmp_path)
     (tmp_path / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07")
     assert [Path(d["image"]).name for d in data.image_datalist(tmp_path)] == ["hippocampus_001.nii.gz"]
     (tmp_path / "empty").mkdir()
@@ -113,14 +111,14 @@ def test_image_datalist_skips_hidden_files_and_names_an_empty_folder(tmp_path):
         data.image_datalist(tmp_path / "empty")
 
 
-def test_decathlon_datalist_names_every_missing_file(tmp_path):
-    shutil.copy(SAMPLES / "dataset.json", tmp_path / "dataset.json")
+def test_decathlon_datalist_names_every_missing_file(tmp_path, samples):
+    shutil.copy(samples / "dataset.json", tmp_path / "dataset.json")
     with pytest.raises(ValueError, match="lists 20 file") as error:
         data.decathlon_datalist(tmp_path)
     assert str(tmp_path / "labelsTr" / "hippocampus_044.nii.gz") in str(error.value)
     assert len(data.decathlon_datalist(tmp_path, check_files=False)) == 10
 
 
-def test_train_val_datalists_take_listed_cases():
-    cases = data.decathlon_datalist(SAMPLES)
-    assert data.train_val_datalists(cases, num_val=2) == data.train_val_datalists(SAMPLES, num_val=2)
+def test_train_val_datalists_take_listed_cases(samples):
+    cases = data.decathlon_datalist(samples)
+    assert data.train_val_datalists(cases, num_val=2) == data.train_val_datalists(samples, num_val=2)

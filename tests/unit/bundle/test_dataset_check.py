@@ -15,7 +15,6 @@ import pytest
 from unet_med.bundle import datalists as data
 from unet_med.bundle.dataset_check import DatasetError, check_dataset, check_images, main
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 SHAPE = (8, 9, 6)
 
 
@@ -48,12 +47,12 @@ def write_dataset(folder: Path, cases: dict[str, tuple[np.ndarray | None, np.nda
     return folder
 
 
-def test_sample_data_passes_for_both_bundles():
+def test_sample_data_passes_for_both_bundles(samples):
     # The samples mix float32 and uint8 images whose intensities differ by orders of magnitude: that is fine.
-    dtypes = {nib.load(item["image"]).get_data_dtype().name for item in data.decathlon_datalist(SAMPLES)}
+    dtypes = {nib.load(item["image"]).get_data_dtype().name for item in data.decathlon_datalist(samples)}
     assert dtypes == {"float32", "uint8"}
     for spatial_dims in (3, 2):
-        assert check_dataset(SAMPLES, spatial_dims=spatial_dims, num_classes=3) == data.decathlon_datalist(SAMPLES)
+        assert check_dataset(samples, spatial_dims=spatial_dims, num_classes=3) == data.decathlon_datalist(samples)
 
 
 def test_every_problem_is_reported_at_once_with_its_file(tmp_path):
@@ -170,10 +169,10 @@ def test_check_images_names_each_bad_input(tmp_path):
     ]
 
 
-def test_command_line(tmp_path, capsys):
-    assert main([str(SAMPLES), "--num-classes", "3"]) == 0
-    assert f"{SAMPLES}: 10 cases, no problems" in capsys.readouterr().out
-    shutil.copytree(SAMPLES, tmp_path / "copy")
+def test_command_line(tmp_path, capsys, samples):
+    assert main([str(samples), "--num-classes", "3"]) == 0
+    assert f"{samples}: 10 cases, no problems" in capsys.readouterr().out
+    shutil.copytree(samples, tmp_path / "copy")
     (tmp_path / "copy" / "labelsTr" / "hippocampus_004.nii.gz").unlink()
     assert main([str(tmp_path / "copy")]) == 1
     missing = tmp_path / "copy" / "labelsTr" / "hippocampus_004.nii.gz"

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
 from copy import deepcopy
 from pathlib import Path
 
+import pytest
 import torch
-import yaml
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from unet_med.bundle.io import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "unet_med_3d_segmentation"
+pytestmark = pytest.mark.faults
+
 # Two training cases, one per iteration (two iterations an epoch), one validation case checked every epoch.
 OVERRIDES = {
     "val_interval": 1,
@@ -33,15 +32,14 @@ def read_log(runs: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((runs / "training_log.csv").open()))
 
 
-def kill_during_second_epoch(models: Path, runs: Path) -> list[str]:
+def kill_during_second_epoch(bundle: Path, env: dict[str, str], models: Path, runs: Path) -> list[str]:
     """Train 6 epochs in a ``python -m monai.bundle run`` process; SIGKILL it in epoch 2; return its output."""
     overrides = {"ckpt_dir": models, "output_dir": runs, "epochs": 6, **OVERRIDES}
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
     command += [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     output = []
     with subprocess.Popen(
-        command, cwd=BUNDLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, cwd=bundle, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         for line in process.stdout:
             output.append(line)
@@ -54,9 +52,9 @@ def kill_during_second_epoch(models: Path, runs: Path) -> list[str]:
     return output
 
 
-def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
-    models, runs = tmp_path / "models", tmp_path / "runs"
-    kill_during_second_epoch(models, runs)
+def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, bundle_dirs, child_env):
+    bundle, models, runs = bundle_dirs["3d"], tmp_path / "models", tmp_path / "runs"
+    kill_during_second_epoch(bundle, child_env, models, runs)
     saved = load_checkpoint(models / "checkpoint_latest.pt")
     epoch = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]
     assert epoch >= 1 and saved["lr_scheduler"]["last_epoch"] == epoch
@@ -65,9 +63,9 @@ def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
 
     # --resume true, one more epoch: the same override a user passes on the command line.
     workflow = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / "train.yaml"),
+        config_file=str(bundle / "configs" / "train.yaml"),
         workflow_type="train",
-        bundle_root=str(BUNDLE),
+        bundle_root=str(bundle),
         **{"ckpt_dir": str(models), "output_dir": str(runs), "epochs": epoch + 1, "resume": "true", **OVERRIDES},
     )
     workflow.initialize()
@@ -94,21 +92,3 @@ def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     log_after = read_log(runs)
     assert log_after[:epoch] == log_before and [int(row["epoch"]) for row in log_after] == list(range(1, epoch + 2))
     assert load_checkpoint(models / "model.pt").keys() == network.state_dict().keys()
-
-
-def test_both_bundles_check_save_and_resume_alike():
-    def entries(dims: str) -> dict:
-        path = ROOT / "bundles" / f"unet_med_{dims}_segmentation" / "configs" / "train.yaml"
-        config = yaml.safe_load(path.read_text())
-        names = ("dataset_cases", "datalists", "resume", "latest_checkpoint", "training_state", "initialize")
-        handlers = config["train"]["handlers"]
-        return {name: config[name] for name in names} | {
-            "resume loader": handlers[0],
-            "state saver": handlers[-1],
-            "best model saver": config["validate"]["best_model_saver"],
-            "best model saver listed": "@validate#best_model_saver" in config["validate"]["handlers"],
-        }
-
-    assert entries("3d") == entries("2d")
-    assert entries("3d")["resume loader"]["_target_"] == "unet_med.bundle.handlers.WeightsOnlyCheckpointLoader"
-    assert entries("3d")["state saver"]["_target_"] == "unet_med.bundle.handlers.TrainingStateSaver"

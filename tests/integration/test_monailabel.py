@@ -28,11 +28,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "monailabel_server.py"
-BUNDLES = {dims: ROOT / "bundles" / f"unet_med_{dims}d_segmentation" for dims in (3, 2)}
-MODEL = BUNDLES[3].name
-SAMPLES = ROOT / "data_samples"
+pytestmark = pytest.mark.monailabel
+
+MODELS = {dims: f"unet_med_{dims}d_segmentation" for dims in (2, 3)}  # the bundles' folder names
+MODEL = MODELS[3]
 REORIENTED = "reoriented_001"  # hippocampus_001 stored left-posterior-superior instead of right-anterior-superior
 ENV_TIMEOUT_S = 3600  # a first build downloads about 4 GB
 READY_TIMEOUT_S = 180
@@ -84,17 +83,17 @@ def multipart(field: str, file: Path) -> tuple[bytes, dict]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def ensure_environment() -> None:
+def ensure_environment(script: Path) -> None:
     """Build the MONAI Label environment, or find it in the cache; fail with the build's output if it cannot."""
-    command = [sys.executable, str(SCRIPT), "env"]
+    command = [sys.executable, str(script), "env"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=ENV_TIMEOUT_S)
     if result.returncode != 0:
         pytest.fail(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}")
 
 
-def write_studies(studies: Path) -> None:
+def write_studies(samples: Path, studies: Path) -> None:
     """The sample images, plus hippocampus_001 with its first two axes flipped and an affine to match."""
-    shutil.copytree(SAMPLES / "imagesTr", studies)
+    shutil.copytree(samples / "imagesTr", studies)
     source = nib.load(studies / "hippocampus_001.nii.gz")
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     flip[:2, 3] = np.array(source.shape[:2]) - 1.0
@@ -149,14 +148,15 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Server:
+def server(tmp_path_factory, project_root, samples, bundle_dirs) -> Server:
     """A MONAI Label server serving copies of the bundles; stopped by its process id at the end."""
-    ensure_environment()
+    script = project_root / "scripts" / "monailabel_server.py"
+    ensure_environment(script)
     root = tmp_path_factory.mktemp("monailabel")
-    write_studies(root / "studies")
+    write_studies(samples, root / "studies")
     port = free_port()
-    command = [sys.executable, str(SCRIPT), "start", "--studies", str(root / "studies"), "--port", str(port)]
-    for source in BUNDLES.values():
+    command = [sys.executable, str(script), "start", "--studies", str(root / "studies"), "--port", str(port)]
+    for source in bundle_dirs.values():
         write_bundle(source, root / "bundles" / source.name)
         command += ["--bundle", str(root / "bundles" / source.name)]
     command += ["--app", str(root / "app")]
@@ -185,17 +185,17 @@ def segment(server: Server, model: str, image: str, folder: Path) -> np.ndarray:
     return labels
 
 
-@pytest.mark.parametrize("dims", sorted(BUNDLES))
-def test_info_lists_the_bundle_and_its_labels(server, dims):
+@pytest.mark.parametrize("dims", [2, 3])
+def test_info_lists_the_bundle_and_its_labels(server, dims, samples):
     info = server.json("GET", "/info/")
-    model = info["models"][BUNDLES[dims].name]
+    model = info["models"][MODELS[dims]]
     assert model["type"] == "segmentation"
     assert model["dimension"] == dims
     assert model["labels"] == {"anterior": 1, "posterior": 2}
-    metadata = json.loads((BUNDLES[dims] / "configs" / "metadata.json").read_text())
+    metadata = json.loads((server.bundles / MODELS[dims] / "configs" / "metadata.json").read_text())
     assert model["version"] == metadata["version"]
-    assert BUNDLES[dims].name in info["trainers"]
-    assert info["datastore"]["total"] == len(list((SAMPLES / "imagesTr").iterdir())) + 1
+    assert MODELS[dims] in info["trainers"]
+    assert info["datastore"]["total"] == len(list((samples / "imagesTr").iterdir())) + 1
 
 
 def test_inference_returns_a_label_map_in_the_image_space(server, tmp_path):
@@ -206,12 +206,12 @@ def test_inference_returns_a_label_map_in_the_image_space(server, tmp_path):
 
 
 def test_2d_bundle_segments_a_volume_slice_by_slice(server, tmp_path):
-    assert len(np.unique(segment(server, BUNDLES[2].name, REORIENTED, tmp_path))) > 1
+    assert len(np.unique(segment(server, MODELS[2], REORIENTED, tmp_path))) > 1
 
 
-def test_submitted_labels_train_the_bundle(server):
+def test_submitted_labels_train_the_bundle(server, samples):
     for case in ("hippocampus_001", "hippocampus_003"):
-        body, headers = multipart("label", SAMPLES / "labelsTr" / f"{case}.nii.gz")
+        body, headers = multipart("label", samples / "labelsTr" / f"{case}.nii.gz")
         saved = json.loads(server.request("PUT", f"/datastore/label?image={case}&tag=final", body, headers))
         assert saved == {"image": case, "label": case}
     assert server.json("GET", "/datastore/?output=stats")["label_tags"] == {"final": 2}

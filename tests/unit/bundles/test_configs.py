@@ -1,0 +1,95 @@
+"""The bundles' configs as MONAI's tools read them: metadata, network, workflow properties, output checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+
+BUNDLE_NAMES = ["2d", "3d"]
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_inference_refuses_output_beside_inputs(name, bundle_dirs, samples):
+    configs = bundle_dirs[name] / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "inference.yaml"),
+        workflow_type="infer",
+        bundle_root=str(bundle_dirs[name]),
+        output_dir=str(samples / "imagesTr"),
+        datalist=str(samples / "imagesTr" / "hippocampus_00[13].nii.gz"),
+    )
+    with pytest.raises(RuntimeError) as error:
+        workflow.initialize()
+    assert "holds the input" in str(error.value.__cause__)
+
+
+@pytest.mark.filterwarnings("ignore:No hash value")
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_metadata_verifies_against_project_schema(name, bundle_dirs):
+    meta = bundle_dirs[name] / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta), filepath=str(bundle_dirs[name].parent / "schema" / "meta_schema.json"))
+    content = json.loads(meta.read_text())
+    assert content["version"] in content["changelog"]
+    assert content["network_data_format"]["outputs"]["pred"]["channel_def"] == {
+        "0": "background",
+        "1": "anterior",
+        "2": "posterior",
+    }
+    assert len(content["network_data_format"]["inputs"]["image"]["spatial_shape"]) == int(name[0])
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_network_matches_metadata(name, bundle_dirs):
+    configs = bundle_dirs[name] / "configs"
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.yaml"),
+        device="cpu",
+        n=1,
+        any=1,
+    )
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_network_def_same_in_train_and_inference(name, bundle_dirs):
+    configs = bundle_dirs[name] / "configs"
+    train, infer = (yaml.safe_load((configs / f).read_text()) for f in ("train.yaml", "inference.yaml"))
+    assert train["network_def"] == infer["network_def"]
+    assert train["network_def"]["_target_"] == "unet_med.networks.UNet"
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+@pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.yaml"), ("infer", "inference.yaml")])
+def test_workflow_has_required_properties(name, workflow_type, config, bundle_dirs):
+    configs = bundle_dirs[name] / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / config),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_dirs[name]),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+
+
+def test_both_bundles_check_save_and_resume_alike(bundle_dirs):
+    def entries(dims: str) -> dict:
+        path = bundle_dirs[dims] / "configs" / "train.yaml"
+        config = yaml.safe_load(path.read_text())
+        names = ("dataset_cases", "datalists", "resume", "latest_checkpoint", "training_state", "initialize")
+        handlers = config["train"]["handlers"]
+        return {name: config[name] for name in names} | {
+            "resume loader": handlers[0],
+            "state saver": handlers[-1],
+            "best model saver": config["validate"]["best_model_saver"],
+            "best model saver listed": "@validate#best_model_saver" in config["validate"]["handlers"],
+        }
+
+    assert entries("3d") == entries("2d")
+    assert entries("3d")["resume loader"]["_target_"] == "unet_med.bundle.handlers.WeightsOnlyCheckpointLoader"
+    assert entries("3d")["state saver"]["_target_"] == "unet_med.bundle.handlers.TrainingStateSaver"
