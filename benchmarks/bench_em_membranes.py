@@ -38,7 +38,6 @@ from scipy import ndimage, sparse
 
 from unet_med import OverlapTileInferer, UNet
 from unet_med.inferers.tiling import mirror_pad
-from unet_med.networks import sizing
 
 TRAIN_SLICES = 20
 SAME_MODE_MARGIN = 16
@@ -59,16 +58,17 @@ def build_networks(features: list[int], patch: int) -> dict[str, tuple[torch.nn.
     """Per name: the network, its training input patch size and the margin its output loses per side."""
     paper = {"features": features, "norm": None, "act": "relu"}
     valid = UNet(2, 1, 2, conv_mode="valid", **paper)
-    valid_sizes = sizing.valid_input_sizes(valid.depth, valid.kernel_size, patch)
+    valid_sizes = valid.geometry.valid_input_sizes(0, patch)
     if not valid_sizes:
         raise SystemExit(f"--patch {patch} is smaller than the smallest valid input of the valid network")
-    step = sizing.divisor(len(features))
+    same = UNet(2, 1, 2, conv_mode="same", **paper)
+    step = same.geometry.divisor[0]
     basic_features = (*features[:5], features[0]) if len(features) >= 5 else None
     if basic_features is None:
         raise SystemExit("--features needs at least 5 levels for MONAI's BasicUNet")
     return {
-        "valid": (valid, valid_sizes[-1], valid.margin),
-        "same": (UNet(2, 1, 2, conv_mode="same", **paper), patch // step * step, 0),
+        "valid": (valid, valid_sizes[-1], valid.geometry.margin[0]),
+        "same": (same, patch // step * step, 0),
         "basic": (
             BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=basic_features),
             patch // 16 * 16,

@@ -13,6 +13,7 @@ from monai.inferers import Inferer
 from tqdm import tqdm
 
 from unet_med.inferers.tiling import TileGeometry, mirror_pad, tile_starts
+from unet_med.networks.geometry import UNetGeometry, geometry_of
 
 __all__ = ["OverlapTileInferer"]
 
@@ -28,23 +29,26 @@ class OverlapTileInferer(Inferer):
     since it takes an output smaller than its input for a zoom.
 
     Tiling: along each axis output tiles start at multiples of the largest multiple of the network's
-    divisor (``2 ** (depth - 1)``) that fits in the output tile, so every tile sees the same pooling grid as
+    divisor on that axis (the product of its strides, ``2 ** (depth - 1)`` by default) that fits in the output
+    tile, so every tile sees the same pooling grid as
     the whole image would; consecutive tiles overlap by ``output_tile % divisor`` voxels, which both compute
     alike (no blending). The last tile may run past the image: the image is mirror-padded far enough
     (repeated reflection, for images smaller than the margin too) and the excess is cropped.
 
-    Networks: the geometry is read from ``network.conv_mode``, ``network.margin``, ``network.depth`` and
-    ``network.kernel_size``.
+    Networks: the inferer needs the network's :class:`~unet_med.networks.UNetGeometry`. It takes it from the
+    ``geometry`` argument, or else from ``network.geometry`` after unwrapping ``.module``
+    (``DataParallel``, ``DistributedDataParallel``) and ``._orig_mod`` (``torch.compile``), see
+    :func:`~unet_med.networks.geometry_of`. A TorchScript-loaded U-Net has lost its geometry: pass it.
 
-    * ``"valid"`` mode: the margin is the network's context margin (92 voxels for the paper's network), and
-      input tiles must be valid input sizes.
+    * ``"valid"`` mode: the margin is the network's (``geometry.margin``: 92 voxels per side for the paper's
+      network), and input tiles must be valid input sizes.
     * ``"same"`` mode: the output tile is the centre of an input tile ``margin`` voxels larger at each side
       (default 16), which hides the zero-padding effects at tile borders; with a margin of at least
-      ``context_margin(depth, kernel_size) + divisor`` (see :mod:`unet_med.networks.sizing`: the receptive
-      field's reach plus the pooling grid's) the stitched output equals the network applied to the whole
-      mirror-padded image. Input tiles must be multiples of the divisor.
-    * Networks without these attributes (e.g. MONAI's ``BasicUNet``) count as same-mode networks with a
-      divisor of 1: choose tiles their pooling accepts.
+      ``geometry.context + geometry.divisor`` per axis (the receptive field's reach plus the pooling grid's)
+      the stitched output equals the network applied to the whole mirror-padded image. Input tiles must be
+      multiples of the divisor.
+    * Networks without a geometry (e.g. MONAI's ``BasicUNet``) count as same-mode networks with a divisor of
+      1 (:meth:`~unet_med.networks.UNetGeometry.size_preserving`): choose tiles their pooling accepts.
 
     Args:
         output_tile: output tile size, an int for every axis or one per axis. ``None``: per axis, the
@@ -53,13 +57,14 @@ class OverlapTileInferer(Inferer):
         max_input_tile: bound on the input tile size (output tile plus twice the margin) when ``output_tile``
             is ``None``, an int or one per axis.
         sw_batch_size: tiles per forward pass.
-        margin: context voxels per side for same-mode networks; ``None`` for valid-mode networks (their
-            margin is fixed) or for the default of 16.
+        margin: context voxels per side for same-mode networks, an int or one per axis; ``None`` for
+            valid-mode networks (their margin is fixed) or for the default of 16.
         sw_device: device the tiles run on; ``None``: the network's (its first parameter's) device, or the
             input's for networks without parameters.
         device: device of the output; ``None``: the input's device.
         amp: run the network under ``torch.autocast`` on ``sw_device`` (float16 on GPU, bfloat16 on CPU).
         progress: show a progress bar over the forward passes.
+        geometry: the network's geometry; ``None``: read from the network at each call, as above.
 
     Shapes:
         ``inputs`` ``(B, C, *S)`` with 2 or 3 spatial axes; the output ``(B, C_out, *S)`` in the network's
@@ -78,11 +83,12 @@ class OverlapTileInferer(Inferer):
         output_tile: int | Sequence[int] | None = None,
         max_input_tile: int | Sequence[int] = 256,
         sw_batch_size: int = 1,
-        margin: int | None = None,
+        margin: int | Sequence[int] | None = None,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         amp: bool = False,
         progress: bool = False,
+        geometry: UNetGeometry | None = None,
     ) -> None:
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size}.")
@@ -94,6 +100,7 @@ class OverlapTileInferer(Inferer):
         self.device = device
         self.amp = amp
         self.progress = progress
+        self.geometry = geometry
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
@@ -111,25 +118,29 @@ class OverlapTileInferer(Inferer):
             The stitched output, ``(B, C_out, *S)``.
         """
         spatial_dims = inputs.dim() - 2
-        if spatial_dims not in (2, 3) or spatial_dims != getattr(network, "spatial_dims", spatial_dims):
+        network_geometry = self.geometry or geometry_of(network, spatial_dims)
+        if spatial_dims not in (2, 3) or spatial_dims != network_geometry.spatial_dims:
             raise ValueError(
                 f"expected inputs (batch, channels, *spatial) for this network, got {tuple(inputs.shape)}."
             )
-        geometry = TileGeometry.of(network, self.margin)
+        geometry = TileGeometry.of(network_geometry, self.margin)
         image_size = tuple(inputs.shape[2:])
         output_tile = self._output_tile(geometry, image_size)
-        input_tile = [o + 2 * geometry.margin for o in output_tile]
-        starts = [tile_starts(n, o, geometry.divisor) for n, o in zip(image_size, output_tile, strict=True)]
+        input_tile = [o + 2 * m for o, m in zip(output_tile, geometry.margin, strict=True)]
+        starts = [
+            tile_starts(n, o, d) for n, o, d in zip(image_size, output_tile, network_geometry.divisor, strict=True)
+        ]
         padding = [
-            (geometry.margin, s[-1] + o + geometry.margin - n)
-            for s, o, n in zip(starts, output_tile, image_size, strict=True)
+            (m, s[-1] + o + m - n) for s, o, m, n in zip(starts, output_tile, geometry.margin, image_size, strict=True)
         ]
         padded = mirror_pad(inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs, padding)
         sw_device = (
             torch.device(self.sw_device) if self.sw_device is not None else _device_of(network, inputs)
         )
         out_device = torch.device(self.device) if self.device is not None else inputs.device
-        trim = geometry.margin if geometry.conv_mode == "same" else 0  # same mode: the margin comes back
+        network_output = geometry.output_of(input_tile)
+        # What the network returns around the output tile: the margin in same mode, nothing in valid mode.
+        trim = [(n - o) // 2 for n, o in zip(network_output, output_tile, strict=True)]
 
         jobs = [(b, corner) for b in range(inputs.shape[0]) for corner in itertools.product(*starts)]
         output: torch.Tensor | None = None
@@ -139,8 +150,8 @@ class OverlapTileInferer(Inferer):
             )
             with torch.autocast(sw_device.type) if self.amp else contextlib.nullcontext():
                 predicted = network(tiles.to(sw_device), *args, **kwargs)
-            _check_prediction(predicted, geometry, input_tile, output_tile)
-            predicted = predicted[(..., *_window([trim] * spatial_dims, output_tile))].to(out_device)
+            _check_prediction(predicted, geometry, input_tile, network_output)
+            predicted = predicted[(..., *_window(trim, output_tile))].to(out_device)
             if output is None:
                 output = predicted.new_empty((inputs.shape[0], predicted.shape[1], *image_size))
             for tile, (b, corner) in zip(predicted, chunk, strict=True):
@@ -193,13 +204,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def _check_prediction(
-    predicted: Any, geometry: TileGeometry, input_tile: Sequence[int], output_tile: Sequence[int]
+    predicted: Any, geometry: TileGeometry, input_tile: Sequence[int], expected: Sequence[int]
 ) -> None:
-    """Raises a ``ValueError`` if the network's output is not one tensor of the size its mode implies."""
-    expected = list(input_tile) if geometry.conv_mode == "same" else list(output_tile)
-    if not isinstance(predicted, torch.Tensor) or list(predicted.shape[2:]) != expected:
+    """Raises a ``ValueError`` unless the network returned one tensor of the ``expected`` spatial size."""
+    if not isinstance(predicted, torch.Tensor) or list(predicted.shape[2:]) != list(expected):
         got = tuple(predicted.shape) if isinstance(predicted, torch.Tensor) else type(predicted).__name__
         raise ValueError(
             f"the network should map input tiles of {tuple(input_tile)} voxels to one tensor of spatial size "
-            f"{tuple(expected)} ({geometry.conv_mode} mode, margin {geometry.margin}), got {got}."
+            f"{tuple(expected)} ({geometry.network.conv_mode.value} mode, margin {geometry.margin}), got {got}. "
+            "A network that lost its geometry (TorchScript) needs OverlapTileInferer(geometry=...)."
         )

@@ -1,18 +1,19 @@
-"""Geometry of overlap-tile inference along one axis, and mirror padding of any extent.
+"""Geometry of overlap-tile inference per axis, and mirror padding of any extent.
 
-A network is described by a :class:`TileGeometry`: how many voxels of context it needs at each side of an
-output tile (``margin``), the factor its pooling divides sizes by (``divisor``), and which input tile sizes
-it accepts. Every function here works in voxels along one spatial axis unless it says otherwise.
+Overlap-tile inference sees a network through its :class:`~unet_med.networks.UNetGeometry` (the input tile
+sizes it accepts and the output size of each) plus the context ``margin`` it pads around every output tile:
+a :class:`TileGeometry`. Every size here is in voxels along one spatial axis unless it says otherwise.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from unet_med.networks import sizing
+from unet_med.networks.geometry import ConvMode, UNetGeometry
 
 __all__ = ["TileGeometry", "mirror_pad", "tile_starts"]
 
@@ -21,86 +22,82 @@ SAME_MODE_MARGIN = 16
 
 @dataclass(frozen=True)
 class TileGeometry:
-    """What overlap-tile inference needs to know about a network.
+    """What overlap-tile inference needs to know about a network, per spatial axis.
 
     Attributes:
-        conv_mode: ``"valid"`` (the output is ``2 * margin`` smaller than the input) or ``"same"`` (the output
-            has the input's size; ``margin`` voxels of each output tile's border are computed but discarded).
-        margin: context in voxels at each side of an output tile.
-        divisor: the network pools sizes by this factor; tiles start at multiples of it in the padded image,
-            so that every tile sees the same pooling grid as the whole image would.
-        depth: number of levels of a :class:`~unet_med.networks.UNet` (``None`` for other networks).
-        kernel_size: convolution kernel size of a :class:`~unet_med.networks.UNet` (``None`` for others).
+        network: the network's geometry: which input tiles it accepts, the output size of each, its divisor.
+            Tiles start at multiples of the divisor in the padded image, so that every tile sees the same
+            pooling grid as the whole image would.
+        margin: context in voxels at each side of an output tile, per axis: the network's own margin in valid
+            mode (its output is that much smaller than its input); in same mode the border of each output
+            computed but discarded.
     """
 
-    conv_mode: str
-    margin: int
-    divisor: int
-    depth: int | None = None
-    kernel_size: int | None = None
+    network: UNetGeometry
+    margin: tuple[int, ...]
 
     @classmethod
-    def of(cls, network: object, margin: int | None = None) -> TileGeometry:
-        """Reads the geometry from a network's ``conv_mode``, ``depth``, ``kernel_size`` and ``margin``.
+    def of(cls, network: UNetGeometry, margin: int | Sequence[int] | None = None) -> TileGeometry:
+        """The tiling for a network of geometry ``network``.
 
         Args:
-            network: a :class:`~unet_med.networks.UNet`, or any size-preserving network (one without a
-                ``conv_mode`` attribute counts as a same-mode network with a divisor of 1).
-            margin: context in voxels per side for same-mode networks (default
+            network: the network's geometry.
+            margin: context in voxels per side, an int or one per axis, for same-mode networks (default
                 ``SAME_MODE_MARGIN = 16``); for valid-mode networks ``None`` or the network's own margin.
 
         Raises:
             ValueError: for a negative margin, or one that contradicts a valid-mode network's.
         """
-        if margin is not None and margin < 0:
-            raise ValueError(f"margin must be at least 0 voxels, got {margin}.")
-        conv_mode = getattr(network, "conv_mode", "same")
-        depth = getattr(network, "depth", None)
-        kernel_size = getattr(network, "kernel_size", None)
-        divisor = sizing.divisor(depth) if depth is not None else 1
-        if conv_mode == "valid":
-            if margin is not None and margin != network.margin:
+        dims = network.spatial_dims
+        margins = None if margin is None else (
+            (int(margin),) * dims if isinstance(margin, numbers.Integral) else tuple(int(m) for m in margin)
+        )
+        if margins is not None and (len(margins) != dims or min(margins) < 0):
+            raise ValueError(
+                f"margin must be at least 0 voxels, an int or one per spatial axis ({dims}), got {margin!r}."
+            )
+        if network.conv_mode is ConvMode.VALID:
+            if margins is not None and margins != network.margin:
                 raise ValueError(
-                    f"a valid-mode network fixes the margin to {network.margin} voxels; got margin={margin}. "
+                    f"a valid-mode network fixes the margin to {_axes(network.margin)} voxels; got margin={margin}. "
                     "Leave margin unset for valid-mode networks."
                 )
-            return cls("valid", network.margin, divisor, depth, kernel_size)
-        if conv_mode != "same":
-            raise ValueError(f"network.conv_mode must be 'same' or 'valid', got {conv_mode!r}.")
-        return cls("same", SAME_MODE_MARGIN if margin is None else margin, divisor, depth, kernel_size)
+            return cls(network, network.margin)
+        return cls(network, margins or (SAME_MODE_MARGIN,) * dims)
 
-    def input_tiles(self, max_size: int) -> list[int]:
-        """Input tile sizes up to ``max_size``, ascending, with output tiles of ``divisor`` voxels or more."""
-        if self.conv_mode == "valid":
-            sizes = sizing.valid_input_sizes(self.depth, self.kernel_size, max_size)
-        else:
-            sizes = list(range(self.divisor, max_size + 1, self.divisor))
-        return [size for size in sizes if size - 2 * self.margin >= self.divisor]
+    def output_of(self, input_tile: Sequence[int]) -> tuple[int, ...]:
+        """The spatial size of the network's output for an input tile of ``input_tile`` voxels per axis."""
+        return self.network.output_size(input_tile)
 
-    def smallest_input_tile(self) -> int:
-        """The smallest input tile the network accepts (its output tile is ``divisor`` to ``2 * divisor``)."""
-        # Accepted sizes are ``divisor`` apart, and the first one has an output of 1 to ``divisor`` voxels.
-        return self.input_tiles(2 * self.margin + 2 * self.divisor)[0]
+    def input_tiles(self, axis: int, max_size: int) -> list[int]:
+        """Input tile sizes of ``axis`` up to ``max_size``, ascending, with output tiles of a divisor or more."""
+        sizes = self.network.valid_input_sizes(axis, max_size)
+        return [size for size in sizes if size - 2 * self.margin[axis] >= self.network.divisor[axis]]
+
+    def smallest_input_tile(self, axis: int) -> int:
+        """The smallest input tile of ``axis`` whose output tile has at least a divisor of voxels."""
+        smallest, step = self.network.smallest_input_size[axis], self.network.divisor[axis]
+        return smallest + max(0, -(-(2 * self.margin[axis] + step - smallest) // step)) * step
 
     def check_output_tile(self, output_tile: int, axis: int) -> int:
-        """Returns ``output_tile`` if its input tile ``output_tile + 2 * margin`` suits the network.
+        """Returns ``output_tile`` if its input tile ``output_tile + 2 * margin`` suits the network on ``axis``.
 
         Raises:
             ValueError: otherwise, naming the nearest output tile sizes that suit it.
         """
-        input_tile = output_tile + 2 * self.margin
-        candidates = self.input_tiles(input_tile + self.divisor)
+        margin, divisor = self.margin[axis], self.network.divisor[axis]
+        input_tile = output_tile + 2 * margin
+        candidates = self.input_tiles(axis, input_tile + divisor)
         if input_tile in candidates:
             return output_tile
         below = [size for size in candidates if size < input_tile][-1:]
-        above = [size for size in candidates if size > input_tile][:1] or [self.smallest_input_tile()]
-        nearest = " or ".join(str(size - 2 * self.margin) for size in below + above)
-        rule = "a valid input size" if self.conv_mode == "valid" else f"a multiple of {self.divisor}"
+        above = [size for size in candidates if size > input_tile][:1] or [self.smallest_input_tile(axis)]
+        nearest = " or ".join(str(size - 2 * margin) for size in below + above)
+        mode = self.network.conv_mode.value
         raise ValueError(
-            f"output_tile {output_tile} on spatial axis {axis} does not suit this {self.conv_mode}-mode "
-            f"network (margin {self.margin}, divisor {self.divisor}): its input tile {input_tile} must be "
-            f"{rule} and its output at least {self.divisor} voxels. The nearest valid output tiles are "
-            f"{nearest}."
+            f"output_tile {output_tile} on spatial axis {axis} does not suit this {mode}-mode network (margin "
+            f"{margin}, divisor {divisor}): its input tile {input_tile} must be a valid input size and its output "
+            f"at least {divisor} voxels. The nearest valid output tiles are {nearest}."
         )
 
     def choose_output_tile(self, image_size: int, max_input_tile: int, axis: int) -> int:
@@ -112,14 +109,19 @@ class TileGeometry:
         Raises:
             ValueError: if no input tile of at most ``max_input_tile`` voxels suits the network.
         """
-        candidates = self.input_tiles(max_input_tile)
+        candidates = self.input_tiles(axis, max_input_tile)
         if not candidates:
             raise ValueError(
-                f"max_input_tile {max_input_tile} on spatial axis {axis} is smaller than the smallest input "
-                f"tile this {self.conv_mode}-mode network accepts ({self.smallest_input_tile()} voxels)."
+                f"max_input_tile {max_input_tile} on spatial axis {axis} is smaller than the smallest input tile "
+                f"this {self.network.conv_mode.value}-mode network accepts ({self.smallest_input_tile(axis)} voxels)."
             )
-        covering = [size for size in candidates if size - 2 * self.margin >= image_size]
-        return (covering[0] if covering else candidates[-1]) - 2 * self.margin
+        covering = [size for size in candidates if size - 2 * self.margin[axis] >= image_size]
+        return (covering[0] if covering else candidates[-1]) - 2 * self.margin[axis]
+
+
+def _axes(values: tuple[int, ...]) -> str:
+    """``values`` as one number if all axes agree, else as the tuple."""
+    return str(values[0]) if len(set(values)) == 1 else str(values)
 
 
 def tile_starts(image_size: int, output_tile: int, divisor: int) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
@@ -18,8 +20,9 @@ class ConvBlock(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: channels of the input.
         out_channels: channels of both convolutions' outputs.
-        kernel_size: odd kernel size of both convolutions.
-        padding: ``kernel_size // 2`` for "same" convolutions, 0 for "valid" (unpadded) ones.
+        kernel_size: odd kernel size of both convolutions, an int or one per spatial axis.
+        padding: zero padding of both convolutions, an int or one per spatial axis: ``kernel_size // 2`` for
+            "same" convolutions, 0 for "valid" (unpadded) ones.
         act: MONAI activation spec, e.g. ``("leakyrelu", {"negative_slope": 0.01})``.
         norm: MONAI normalisation spec, or ``None`` for none.
         bias: whether the convolutions have a bias.
@@ -27,7 +30,7 @@ class ConvBlock(nn.Module):
 
     Shapes:
         ``(B, in_channels, *S)`` to ``(B, out_channels, *S')`` with ``S' = S`` (same) or
-        ``S - 2 * (kernel_size - 1)`` (valid).
+        ``S - 2 * (kernel_size - 1)`` per axis (valid).
     """
 
     def __init__(
@@ -35,8 +38,8 @@ class ConvBlock(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
-        padding: int,
+        kernel_size: int | Sequence[int],
+        padding: int | Sequence[int],
         act: str | tuple,
         norm: str | tuple | None,
         bias: bool,
@@ -65,24 +68,32 @@ class ConvBlock(nn.Module):
 
 
 class UpSample(nn.Sequential):
-    """Doubles each spatial size and maps ``in_channels`` to ``out_channels``.
+    """Multiplies each spatial size by its factor in ``scale`` and maps ``in_channels`` to ``out_channels``.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: channels of the coarser feature map.
         out_channels: channels after up-sampling (half of ``in_channels`` in the paper).
-        mode: ``"deconv"``, a 2x2(x2) transposed convolution with stride 2 (the paper's "up-convolution"), or
-            ``"nontrainable"``, (bi/tri)linear interpolation followed by a 1x1(x1) convolution.
+        mode: ``"deconv"``, a transposed convolution whose kernel and stride are ``scale`` (2x2(x2) with stride 2
+            in the paper: its "up-convolution"), or ``"nontrainable"``, (bi/tri)linear interpolation by ``scale``
+            followed by a 1x1(x1) convolution.
         bias: whether the convolution has a bias.
+        scale: up-sampling factor per spatial axis (the stride of the pooling it mirrors).
+
+    Shapes:
+        ``(B, in_channels, *S)`` to ``(B, out_channels, *(S * scale))``.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str, bias: bool) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, mode: str, bias: bool, scale: Sequence[int]
+    ) -> None:
+        scale = tuple(int(factor) for factor in scale)
         if mode == "deconv":
-            layers = [Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, 2, stride=2, bias=bias)]
+            layers = [Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, scale, stride=scale, bias=bias)]
         elif mode == "nontrainable":
             interpolation = "bilinear" if spatial_dims == 2 else "trilinear"
             layers = [
-                nn.Upsample(scale_factor=2.0, mode=interpolation, align_corners=False),
+                nn.Upsample(scale_factor=tuple(map(float, scale)), mode=interpolation, align_corners=False),
                 Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 1, bias=bias),
             ]
         else:

@@ -9,12 +9,11 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Dropout, Pool
 from torch import nn
 
-from unet_med.networks import sizing
 from unet_med.networks.blocks import ConvBlock, UpSample, center_crop
+from unet_med.networks.geometry import ConvMode, UNetGeometry
 
 __all__ = ["UNet"]
 
-CONV_MODES = ("same", "valid")
 UP_MODES = ("deconv", "nontrainable")
 INITS = ("he", "xavier", None)
 
@@ -22,8 +21,9 @@ INITS = ("he", "xavier", None)
 class UNet(nn.Module):
     """U-Net for 2D and 3D segmentation that returns raw logits.
 
-    A contracting path of double-convolution blocks and 2x max pooling, an expanding path of 2x up-sampling,
-    concatenation with the (centre-cropped) skip connection and a double convolution, and a 1x1 head. With
+    A contracting path of double-convolution blocks and max pooling, an expanding path of up-sampling by the
+    same factors, concatenation with the (centre-cropped) skip connection and a double convolution, and a 1x1
+    head. With
     ``features=(64, 128, 256, 512, 1024)``, ``conv_mode="valid"``, ``norm=None``, ``act="relu"`` and
     ``up_mode="deconv"`` it is the paper's network: a 572x572 input gives a 388x388 output, with 31,030,658
     parameters for one input channel and two classes. The defaults follow current practice for volumetric
@@ -35,7 +35,15 @@ class UNet(nn.Module):
         out_channels: output channels (classes, background included).
         features: channels of each level, from the full-resolution level to the bottleneck; its length is the
             depth, and the network pools ``len(features) - 1`` times.
-        kernel_size: odd size of every convolution kernel of the double-convolution blocks.
+        kernel_size: odd kernel size of the double-convolution blocks: an int for every level and axis (3 in the
+            paper), or one entry per level (``len(features)`` entries, full resolution first), each an odd int
+            or one odd int per spatial axis, e.g. ``[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]]`` for a 3D
+            network that does not convolve across the coarse third axis at its two finest levels.
+        strides: the pooling factors: ``None`` (default) for 2 on every axis at every pooling (the paper's), or
+            one entry per pooling (``len(features) - 1`` entries, finest first), each a positive int or one per
+            spatial axis, e.g. ``[[2, 2, 1], [2, 2, 2], [2, 2, 2]]`` for a volume whose third axis is coarse.
+            Pooling ``l`` (into level ``l``) is a max pooling with kernel and stride ``strides[l - 1]``; the
+            up-sampling back mirrors it.
         act: MONAI activation spec: a name or a ``(name, kwargs)`` pair (a two-item list from YAML works too).
             The paper uses ``"relu"``.
         norm: MONAI normalisation spec (``"batch"``, ``"instance"``, ``("group", {"num_groups": 8})``, ...) or
@@ -45,16 +53,19 @@ class UNet(nn.Module):
         bias: whether convolutions followed by a normalisation have a bias; ``None`` (default) means only when
             ``norm`` is ``None``, since a normalisation removes any bias. Up-sampling convolutions and heads
             always have one.
-        conv_mode: ``"same"`` (padded convolutions; output size equals input size; inputs that
-            ``2 ** (depth - 1)`` does not divide are zero-padded internally and the output cropped back) or
-            ``"valid"`` (unpadded convolutions and centre-cropped skips, as in the paper; the output is
-            ``2 * margin`` smaller, see :mod:`unet_med.networks.sizing`, and other input sizes are refused).
-        up_mode: ``"deconv"`` (2x transposed convolution, the paper's "up-convolution") or ``"nontrainable"``
-            ((bi/tri)linear interpolation followed by a 1x1 convolution).
+        conv_mode: a :class:`~unet_med.networks.geometry.ConvMode` or its value: ``"same"`` (padded
+            convolutions; output size equals input size; inputs that the divisor, the product of the strides,
+            does not divide are zero-padded internally and the output cropped back) or ``"valid"`` (unpadded
+            convolutions and centre-cropped skips, as in the paper; the output is ``2 * margin`` smaller per
+            axis and other input sizes are refused). ``net.geometry`` gives the margins and valid sizes.
+        up_mode: ``"deconv"`` (transposed convolution with kernel and stride equal to the pooling's stride,
+            the paper's 2x2 "up-convolution") or ``"nontrainable"`` ((bi/tri)linear interpolation by the
+            stride followed by a 1x1 convolution).
         init: ``"he"`` (zero-mean Gaussian with std ``sqrt(2 / N)``, N the incoming connections of a unit: the
             paper's), ``"xavier"`` (Glorot normal) or ``None`` (PyTorch's default). Biases start at 0.
         deep_supervision: in training mode, also return the outputs of the ``deep_supr_num`` coarser decoder
-            levels, up-sampled (nearest) to the output size, stacked as ``(B, 1 + deep_supr_num, C, *S)``
+            levels, each up-sampled (nearest) by the product of the strides of the levels it skips and
+            centre-cropped to the output size, stacked as ``(B, 1 + deep_supr_num, C, *S)``
             with the final output first. In eval mode only the final output is returned, as MONAI's DynUNet
             does, so inferers work unchanged.
         deep_supr_num: number of auxiliary heads; ``None`` means every decoder level but the last
@@ -64,9 +75,15 @@ class UNet(nn.Module):
             training takes less memory (larger patches fit) and about a third more time. Outputs and gradients
             are unchanged; batch-norm running statistics are updated twice per step.
 
+    Attributes:
+        geometry: the :class:`~unet_med.networks.geometry.UNetGeometry` of the network: per axis its margin,
+            divisor, valid input sizes and output size for an input size.
+        spatial_dims: number of spatial dimensions.
+        features: channels of each level.
+
     Shapes:
         input ``(B, in_channels, *S)`` with ``len(S) == spatial_dims``; output ``(B, out_channels, *S')``,
-        ``S' = S`` in same mode and ``S - 2 * margin`` in valid mode.
+        ``S' = S`` in same mode and ``S - 2 * geometry.margin`` in valid mode.
 
     Example:
         >>> net = UNet(spatial_dims=3, in_channels=1, out_channels=3)
@@ -80,12 +97,13 @@ class UNet(nn.Module):
         in_channels: int,
         out_channels: int,
         features: Sequence[int] = (32, 64, 128, 256, 320),
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int | Sequence[int]] = 3,
+        strides: Sequence[int | Sequence[int]] | None = None,
         act: str | Sequence = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         norm: str | Sequence | None = ("instance", {"affine": True}),
         dropout: float | None = 0.0,
         bias: bool | None = None,
-        conv_mode: str = "same",
+        conv_mode: ConvMode | str = ConvMode.SAME,
         up_mode: str = "deconv",
         init: str | None = "he",
         deep_supervision: bool = False,
@@ -94,56 +112,61 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         features = tuple(int(f) for f in features)
-        _check_arguments(spatial_dims, in_channels, out_channels, features, kernel_size, dropout, conv_mode, init)
+        _check_arguments(in_channels, out_channels, features, dropout, up_mode, init)
+        self.geometry = UNetGeometry.build(spatial_dims, len(features), kernel_size, strides, conv_mode)
         self.spatial_dims = spatial_dims
         self.features = features
-        self.depth = len(features)
-        self.kernel_size = kernel_size
-        self.conv_mode = conv_mode
-        self.margin = sizing.context_margin(self.depth, kernel_size) if conv_mode == "valid" else 0
+        depth = len(features)
         self.deep_supervision = deep_supervision
         if deep_supr_num is None:
-            deep_supr_num = self.depth - 2 if deep_supervision else 0
+            deep_supr_num = depth - 2 if deep_supervision else 0
         self.deep_supr_num = deep_supr_num
-        if not 0 <= self.deep_supr_num <= max(self.depth - 2, 0):
+        if not 0 <= self.deep_supr_num <= max(depth - 2, 0):
             raise ValueError(
-                f"deep_supr_num must be between 0 and depth - 2 = {max(self.depth - 2, 0)}, got {deep_supr_num}."
+                f"deep_supr_num must be between 0 and depth - 2 = {max(depth - 2, 0)}, got {deep_supr_num}."
             )
         if deep_supervision and self.deep_supr_num == 0:
             raise ValueError("deep_supervision needs at least one auxiliary head: use a depth of 3 or more.")
+        # Plain attributes for forward, which TorchScript compiles: the geometry object itself is Python only.
+        self._same_size = self.geometry.conv_mode is ConvMode.SAME
+        self._pad_multiple = list(self.geometry.divisor)
+        self._aux_scales = [[float(p) for p in self.geometry.scales[k]] for k in range(1, self.deep_supr_num + 1)]
 
         norm = _as_spec(norm)
         act = _as_spec(act)
         block_bias = norm is None if bias is None else bias
-        padding = kernel_size // 2 if conv_mode == "same" else 0
 
-        def block(channels_in: int, channels_out: int) -> ConvBlock:
+        def block(level: int, channels_in: int, channels_out: int) -> ConvBlock:
+            kernel = self.geometry.kernel_sizes[level]
+            padding = self.geometry.conv_padding(level)
             return ConvBlock(
-                spatial_dims,
-                channels_in,
-                channels_out,
-                kernel_size,
-                padding,
-                act,
-                norm,
-                block_bias,
-                checkpointing,
+                spatial_dims, channels_in, channels_out, kernel, padding, act, norm, block_bias, checkpointing
             )
 
+        coarse_to_fine = range(depth - 2, -1, -1)
         try:
             self.encoder = nn.ModuleList(
-                [block(c_in, c_out) for c_in, c_out in zip((in_channels, *features[:-1]), features)]
+                [
+                    block(level, channels_in, channels_out)
+                    for level, (channels_in, channels_out) in enumerate(zip((in_channels, *features[:-1]), features))
+                ]
             )
             self.upsamplers = nn.ModuleList(
                 [
-                    UpSample(spatial_dims, coarse, fine, up_mode, True)
-                    for coarse, fine in zip(features[:0:-1], features[-2::-1])
+                    UpSample(spatial_dims, features[level + 1], features[level], up_mode, True, stride)
+                    for level, stride in zip(coarse_to_fine, self.geometry.strides[::-1])
                 ]
             )
-            self.decoder = nn.ModuleList([block(2 * fine, fine) for fine in features[-2::-1]])
+            self.decoder = nn.ModuleList(
+                [block(level, 2 * features[level], features[level]) for level in coarse_to_fine]
+            )
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"cannot build the U-Net with norm={norm!r}, act={act!r}: {str(error).strip()}") from None
-        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
+        # Pooling l - 1 leads into level l; the first entry stands for level 0, which is not pooled.
+        self.pools = nn.ModuleList(
+            [nn.Identity()]
+            + [Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) for stride in self.geometry.strides]
+        )
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout or 0.0)
         conv1x1 = Conv[Conv.CONV, spatial_dims]
         self.head = conv1x1(features[0], out_channels, 1)
@@ -166,14 +189,14 @@ class UNet(nn.Module):
         if not torch.jit.is_scripting():
             self._check_input(x)
         input_size = x.shape[2:]
-        if self.conv_mode == "same":
+        if self._same_size:
             x = self._pad_to_divisor(x)
 
         skips: list[torch.Tensor] = []
-        for level, block in enumerate(self.encoder):
+        for level, (pool, block) in enumerate(zip(self.pools, self.encoder)):
             if level > 0:
                 skips.append(x)
-                x = self.pool(x)
+                x = pool(x)
             x = block(x)
         x = self.dropout(x)
 
@@ -190,18 +213,18 @@ class UNet(nn.Module):
         if supervise:
             outputs = [output]
             for k, aux_head in enumerate(self.aux_heads):
-                aux = F.interpolate(aux_head(decoder_outputs[-2 - k]), scale_factor=float(1 << (k + 1)), mode="nearest")
+                # Head k sits on decoder level k + 1, whose maps are that level's scale smaller per axis.
+                aux = F.interpolate(aux_head(decoder_outputs[-2 - k]), scale_factor=self._aux_scales[k], mode="nearest")
                 outputs.append(center_crop(aux, output.shape[2:]))
             output = torch.stack(outputs, dim=1)
-        if self.conv_mode == "same":
+        if self._same_size:
             output = center_crop(output, input_size)
         return output
 
     def _pad_to_divisor(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pads each spatial axis of ``x`` evenly on both sides up to a multiple of ``2 ** (depth - 1)``."""
-        step = 1 << (self.depth - 1)
+        """Zero-pads each spatial axis of ``x`` evenly on both sides up to a multiple of its divisor."""
         padding: list[int] = []
-        for size in x.shape[2:][::-1]:
+        for size, step in zip(x.shape[2:][::-1], self._pad_multiple[::-1]):
             extra = (step - size % step) % step
             padding += [extra // 2, extra - extra // 2]
         return F.pad(x, padding) if sum(padding) > 0 else x
@@ -213,9 +236,7 @@ class UNet(nn.Module):
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != expected_channels:
             axes = ", ".join(["size"] * self.spatial_dims)
             raise ValueError(f"expected an input of shape (batch, {expected_channels}, {axes}), got {tuple(x.shape)}.")
-        if self.conv_mode == "valid":
-            for size in x.shape[2:]:
-                sizing.valid_output_size(size, self.depth, self.kernel_size)
+        self.geometry.output_size(x.shape[2:])
 
 
 def _match_auxiliary_heads(
@@ -240,26 +261,22 @@ def _as_spec(spec: str | Sequence | None) -> str | tuple | None:
 
 
 def _check_arguments(
-    spatial_dims: int,
     in_channels: int,
     out_channels: int,
     features: tuple[int, ...],
-    kernel_size: int,
     dropout: float | None,
-    conv_mode: str,
+    up_mode: str,
     init: str | None,
 ) -> None:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    """Raises a one-line ``ValueError`` for an argument out of its range (the geometry checks its own)."""
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels and out_channels must be at least 1, got {in_channels} and {out_channels}.")
     if not features or min(features) < 1:
         raise ValueError(f"features must list at least one positive channel count per level, got {features}.")
-    sizing.check_geometry(len(features), kernel_size)
     if not 0.0 <= (dropout or 0.0) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
-    if conv_mode not in CONV_MODES:
-        raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {conv_mode!r}.")
+    if up_mode not in UP_MODES:
+        raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}.")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}.")
 

@@ -6,7 +6,7 @@ from monai.data import MetaTensor
 
 from unet_med import OverlapTileInferer, UNet
 from unet_med.inferers.tiling import mirror_pad
-from unet_med.networks import sizing
+from unet_med.networks import UNetGeometry
 
 
 def _valid_net(spatial_dims: int) -> UNet:
@@ -14,23 +14,23 @@ def _valid_net(spatial_dims: int) -> UNet:
     return UNet(spatial_dims, 1, 2, features=(4, 8, 16), conv_mode="valid", norm=None).eval()
 
 
-def _whole_image(net: UNet, image: torch.Tensor, margin: int, step: int, first_valid: int) -> torch.Tensor:
-    """The network on the whole image, mirrored (by NumPy) by ``margin`` and up to a size it accepts."""
+def _whole_image(net: UNet, image: torch.Tensor, margin: tuple[int, ...]) -> torch.Tensor:
+    """The network on the whole image, mirrored (by NumPy) by ``margin`` per axis and up to a size it accepts."""
+    geometry = net.geometry
     padding = [(0, 0), (0, 0)]
-    for n in image.shape[2:]:
-        size = max(n + 2 * margin, first_valid)
+    for n, m, first_valid, step in zip(image.shape[2:], margin, geometry.smallest_input_size, geometry.divisor):
+        size = max(n + 2 * m, first_valid)
         size = first_valid + -(-(size - first_valid) // step) * step
-        padding.append((margin, size - n - margin))
+        padding.append((m, size - n - m))
     padded = torch.from_numpy(np.pad(image.numpy(), padding, mode="reflect"))
     with torch.no_grad():
         out = net(padded)
-    lost = margin if net.conv_mode == "same" else 0  # a valid-mode network drops the margin itself
-    return out[(..., *(slice(lost, lost + n) for n in image.shape[2:]))]
+    lost = [m - own for m, own in zip(margin, geometry.margin)]  # a valid-mode network drops its margin itself
+    return out[(..., *(slice(k, k + n) for k, n in zip(lost, image.shape[2:])))]
 
 
 def _valid_reference(net: UNet, image: torch.Tensor) -> torch.Tensor:
-    first_valid = sizing.valid_input_sizes(net.depth, net.kernel_size, 512)[0]
-    return _whole_image(net, image, net.margin, sizing.divisor(net.depth), first_valid)
+    return _whole_image(net, image, net.geometry.margin)
 
 
 def _infer(inferer: OverlapTileInferer, image: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
@@ -87,11 +87,11 @@ def test_same_mode_with_context_margin_equals_whole_image():
     torch.manual_seed(0)
     net = UNet(2, 1, 3, features=(4, 8), norm=None).eval()  # same mode, divisor 2
     # The receptive field reaches context_margin = 8 voxels, and up to divisor - 1 more by the pooling grid.
-    margin = sizing.context_margin(net.depth, net.kernel_size) + sizing.divisor(net.depth)
+    margin = net.geometry.context[0] + net.geometry.divisor[0]
     image = torch.rand(1, 1, 50, 37)
     tiled = _infer(OverlapTileInferer(output_tile=16, margin=margin), image, net)
     # Equal to the network on the whole mirror-padded image everywhere ...
-    torch.testing.assert_close(tiled, _whole_image(net, image, margin, 2, 2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tiled, _whole_image(net, image, (margin, margin)), rtol=1e-4, atol=1e-5)
     # ... and to the network on the plain image away from the image border, where its zero padding reaches.
     with torch.no_grad():
         plain = net(image)
@@ -180,3 +180,46 @@ def test_supervised_evaluator_runs_the_inferer():
     )
     evaluator.run()
     assert evaluator.state.output[0]["pred"].shape == (2, 29, 34)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo process group of one process on the CPU, as torchrun would start it, destroyed at the end."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_network_inside_distributed_data_parallel(one_process_group):
+    net = _valid_net(2)
+    image = torch.rand(1, 1, 45, 53)
+    inferer = OverlapTileInferer(output_tile=12, sw_batch_size=3)
+    wrapped = torch.nn.parallel.DistributedDataParallel(net)
+    torch.testing.assert_close(_infer(inferer, image, wrapped), _infer(inferer, image, net), rtol=0, atol=0)
+
+
+def test_compiled_network():
+    net = _valid_net(3)
+    image = torch.rand(1, 1, 13, 30, 9)
+    inferer = OverlapTileInferer(output_tile=12, sw_batch_size=4)
+    compiled = torch.compile(net, backend="eager", dynamic=False)
+    torch.testing.assert_close(_infer(inferer, image, compiled), _infer(inferer, image, net), rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_geometry_for_a_scripted_network():
+    net = _valid_net(2)
+    image = torch.rand(1, 1, 30, 41)
+    scripted = torch.jit.script(net)  # TorchScript keeps the weights, not the geometry
+    misread = r"size \(52, 52\) \(same mode.*got \(1, 2, 12, 12\).*OverlapTileInferer\(geometry="
+    with pytest.raises(ValueError, match=misread):
+        _infer(OverlapTileInferer(output_tile=12, margin=20), image, scripted)
+    explicit = _infer(OverlapTileInferer(output_tile=12, geometry=net.geometry), image, scripted)
+    torch.testing.assert_close(explicit, _valid_reference(net, image), rtol=1e-4, atol=1e-5)
+
+
+def test_network_without_geometry_is_size_preserving():
+    geometry = UNetGeometry.size_preserving(2)
+    assert (geometry.margin, geometry.divisor, geometry.context) == ((0, 0), (1, 1), (0, 0))
+    image = torch.rand(1, 1, 21, 17)
+    out = _infer(OverlapTileInferer(output_tile=5, margin=3), image, lambda x: 2 * x)  # no parameters, any size
+    torch.testing.assert_close(out, 2 * image)

@@ -11,7 +11,6 @@ import yaml
 from monai.bundle import ConfigParser
 
 from unet_med import UNet
-from unet_med.networks import sizing
 
 FEATURES = (4, 8, 16)
 NORMS = ["batch", "instance", ("group", {"num_groups": 2}), None]
@@ -31,10 +30,6 @@ def small_input(dims: int, conv_mode: str, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 1, *sizes)
 
 
-def expected_output_size(size: int, conv_mode: str) -> int:
-    return sizing.valid_output_size(size, len(FEATURES)) if conv_mode == "valid" else size
-
-
 @pytest.fixture(params=CASES, ids=[case_id(case) for case in CASES])
 def network_and_input(request: pytest.FixtureRequest) -> tuple[UNet, torch.Tensor]:
     dims, norm, conv_mode, up_mode = request.param
@@ -45,9 +40,11 @@ def network_and_input(request: pytest.FixtureRequest) -> tuple[UNet, torch.Tenso
 
 def test_output_shape(network_and_input: tuple[UNet, torch.Tensor]) -> None:
     net, x = network_and_input
+    dims, conv_mode = net.spatial_dims, net.geometry.conv_mode.value
     out = net(x)
-    expected = [expected_output_size(size, net.conv_mode) for size in x.shape[2:]]
-    assert list(out.shape) == [x.shape[0], 3, *expected]
+    margin = 20 if conv_mode == "valid" else 0  # (3 - 1) * (1 + 2 + 4) + (3 - 1) * (1 + 2) for three levels
+    assert net.geometry.margin == (margin,) * dims
+    assert list(out.shape) == [x.shape[0], 3, *(size - 2 * margin for size in x.shape[2:])]
 
 
 def test_gradients_reach_every_parameter(network_and_input: tuple[UNet, torch.Tensor]) -> None:
@@ -96,7 +93,8 @@ def test_paper_network_geometry_and_parameter_count() -> None:
     assert sum(p.numel() for p in paper.parameters()) == 31_030_658
     with torch.no_grad():
         assert paper(torch.zeros(1, 1, 572, 572)).shape == (1, 2, 388, 388)
-    assert sizing.context_margin(5) == 92
+    assert paper.geometry.margin == (92, 92)
+    assert paper.geometry.output_size(572) == (388, 388)
 
 
 @pytest.mark.parametrize("conv_mode", ["same", "valid"])
@@ -104,7 +102,7 @@ def test_paper_network_geometry_and_parameter_count() -> None:
 def test_deep_supervision_stacks_in_training_and_not_in_eval(dims: int, conv_mode: str) -> None:
     net = UNet(dims, 1, 3, features=FEATURES, deep_supervision=True, conv_mode=conv_mode)
     x = small_input(dims, conv_mode)
-    spatial = [expected_output_size(size, conv_mode) for size in x.shape[2:]]
+    spatial = list(net.geometry.output_size(x.shape[2:]))
     net.train()
     stacked = net(x)
     assert list(stacked.shape) == [2, 2, 3, *spatial]  # final output and one auxiliary head at depth 3
@@ -169,23 +167,34 @@ def test_same_mode_padding_matches_a_padded_input() -> None:
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_sizing_matches_the_valid_network(depth: int, kernel_size: int) -> None:
+def test_geometry_matches_the_valid_network(depth: int, kernel_size: int) -> None:
     net = UNet(2, 1, 1, features=[2] * depth, kernel_size=kernel_size, conv_mode="valid", norm=None)
-    for size in sizing.valid_input_sizes(depth, kernel_size, max_size=150)[:3]:
+    geometry = net.geometry
+    sizes = geometry.valid_input_sizes(0, max_size=400)
+    assert sizes[0] == geometry.smallest_input_size[0]
+    for size in sizes[:3]:
         with torch.no_grad():
             out = net(torch.zeros(1, 1, size, size))
-        assert out.shape[-1] == sizing.valid_output_size(size, depth, kernel_size)
-        assert size - out.shape[-1] == 2 * sizing.context_margin(depth, kernel_size)
-    smallest = sizing.valid_input_sizes(depth, kernel_size, max_size=400)[0]
-    assert sizing.valid_input_size_for_output(1, depth, kernel_size) == smallest
+        assert tuple(out.shape[2:]) == geometry.output_size(size)
+        assert size - out.shape[-1] == 2 * geometry.margin[0]
+    assert geometry.input_size_for_output(1) == geometry.smallest_input_size
+    with pytest.raises(ValueError, match="nearest valid sizes"):
+        net(torch.zeros(1, 1, sizes[0] - 1, sizes[0]))  # one voxel too few: refused
 
 
-def test_sizing_names_the_nearest_valid_sizes() -> None:
-    assert sizing.nearest_valid_input_sizes(570, depth=5) == [556, 572]
-    assert sizing.nearest_valid_input_sizes(10, depth=5) == [188]
-    assert sizing.nearest_valid_input_sizes(30, depth=3, conv_mode="same") == [28, 32]
-    assert sizing.valid_input_size_for_output(388, depth=5) == 572
-    assert sizing.valid_input_size_for_output(389, depth=5) == 588
+def test_geometry_names_the_nearest_valid_sizes() -> None:
+    paper = UNet(2, 1, 2, features=(2,) * 5, conv_mode="valid").geometry
+    assert paper.nearest_valid_sizes(0, 570) == [556, 572]
+    assert paper.nearest_valid_sizes(1, 572) == [572]
+    assert paper.nearest_valid_sizes(0, 10) == [188]
+    assert paper.input_size_for_output(388) == (572, 572)
+    assert paper.input_size_for_output((389, 300)) == (588, 492)
+    assert paper.valid_input_sizes(0, 240) == [188, 204, 220, 236]
+    same = UNet(3, 1, 2, features=FEATURES).geometry
+    assert same.margin == (0, 0, 0) and same.context == (20, 20, 20) and same.divisor == (4, 4, 4)
+    assert same.nearest_valid_sizes(0, 30) == [28, 32]
+    assert same.output_size((17, 1, 30)) == (17, 1, 30)  # same mode pads any size internally
+    assert same.input_size_for_output(30) == (32, 32, 32)
 
 
 @pytest.mark.parametrize(
@@ -195,9 +204,9 @@ def test_sizing_names_the_nearest_valid_sizes() -> None:
         ({"spatial_dims": 4}, r"spatial_dims must be 2 or 3, got 4"),
         ({"norm": ("group", {"num_groups": 5})}, r"divisible by num_groups"),
         ({"conv_mode": "full"}, r"conv_mode must be one of \('same', 'valid'\)"),
-        ({"up_mode": "pixelshuffle"}, r"up_mode must be 'deconv' or 'nontrainable'"),
+        ({"up_mode": "pixelshuffle"}, r"^up_mode must be one of \('deconv', 'nontrainable'\), got 'pixelshuffle'\.$"),
         ({"init": "orthogonal"}, r"init must be one of"),
-        ({"kernel_size": 4}, r"kernel_size must be a positive odd number"),
+        ({"kernel_size": 4}, r"kernel_size must hold positive odd numbers only, got 4"),
         ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
         ({"deep_supervision": True, "features": (4, 8)}, r"deep_supervision needs"),
     ],
@@ -211,7 +220,7 @@ def test_wrong_arguments_give_one_line_errors(kwargs: dict, message: str) -> Non
 
 def test_wrong_inputs_give_clear_errors() -> None:
     net = UNet(2, 1, 2, features=FEATURES, conv_mode="valid")
-    with pytest.raises(ValueError, match=r"input size 45 does not fit .* nearest valid sizes are 44 or 48"):
+    with pytest.raises(ValueError, match=r"input size 45 on spatial axis 0 does not fit .* valid sizes are 44 or 48"):
         net(torch.zeros(1, 1, 45, 44))
     with pytest.raises(ValueError, match=r"expected an input of shape \(batch, 1, size, size\)"):
         net(torch.zeros(1, 2, 44, 44))
