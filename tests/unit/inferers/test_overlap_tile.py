@@ -223,3 +223,27 @@ def test_network_without_geometry_is_size_preserving():
     image = torch.rand(1, 1, 21, 17)
     out = _infer(OverlapTileInferer(output_tile=5, margin=3), image, lambda x: 2 * x)  # no parameters, any size
     torch.testing.assert_close(out, 2 * image)
+
+
+def test_anisotropic_valid_3d_tiles_equal_whole_image():
+    torch.manual_seed(0)
+    arguments = {"strides": [[2, 2, 1], [2, 2, 2]], "kernel_size": [[3, 3, 1], 3, 3]}
+    net = UNet(3, 1, 2, features=(4, 8, 16), conv_mode="valid", norm=None, **arguments).eval()
+    assert (net.geometry.margin, net.geometry.divisor) == ((20, 20, 8), (4, 4, 2))
+    image = torch.rand(1, 1, 19, 26, 11)
+    chosen = OverlapTileInferer(output_tile=(8, 12, 6), sw_batch_size=4)
+    for inferer in (chosen, OverlapTileInferer(max_input_tile=(52, 60, 24))):
+        torch.testing.assert_close(_infer(inferer, image, net), _valid_reference(net, image), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"output_tile 5 on spatial axis 2 .*margin 8, divisor 2.* 4 or 6"):
+        _infer(OverlapTileInferer(output_tile=(8, 12, 5)), image, net)
+    with pytest.raises(ValueError, match=r"fixes the margin to \(20, 20, 8\) voxels"):
+        _infer(OverlapTileInferer(output_tile=8, margin=20), image, net)
+
+
+def test_same_mode_margin_per_axis():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 3, features=(4, 8), norm=None, strides=[[2, 1]]).eval()  # divisor (2, 1)
+    margin = tuple(c + d for c, d in zip(net.geometry.context, net.geometry.divisor))  # (10, 9)
+    image = torch.rand(1, 1, 30, 23)
+    tiled = _infer(OverlapTileInferer(output_tile=(16, 7), margin=margin), image, net)
+    torch.testing.assert_close(tiled, _whole_image(net, image, margin), rtol=1e-4, atol=1e-5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,14 @@ from monai.bundle import ConfigParser
 from unet_med import UNet
 
 FEATURES = (4, 8, 16)
+DATA = Path(__file__).parent / "data"
+# Per-level, per-axis geometry as a planner writes it for data whose last axis is twice as coarse: that axis is
+# not pooled (and not convolved across) at the first level.
+ANISOTROPIC = {
+    2: {"strides": [[2, 1], [2, 2]], "kernel_size": [[3, 1], [3, 3], [3, 3]]},
+    3: {"strides": [[2, 2, 1], [2, 2, 2]], "kernel_size": [[3, 3, 1], 3, [3, 3, 3]]},
+}
+ANISOTROPIC_CASES = list(itertools.product((2, 3), ("same", "valid"), ("deconv", "nontrainable")))
 NORMS = ["batch", "instance", ("group", {"num_groups": 2}), None]
 CASES = list(itertools.product((2, 3), NORMS, ("same", "valid"), ("deconv", "nontrainable")))
 
@@ -182,21 +192,6 @@ def test_geometry_matches_the_valid_network(depth: int, kernel_size: int) -> Non
         net(torch.zeros(1, 1, sizes[0] - 1, sizes[0]))  # one voxel too few: refused
 
 
-def test_geometry_names_the_nearest_valid_sizes() -> None:
-    paper = UNet(2, 1, 2, features=(2,) * 5, conv_mode="valid").geometry
-    assert paper.nearest_valid_sizes(0, 570) == [556, 572]
-    assert paper.nearest_valid_sizes(1, 572) == [572]
-    assert paper.nearest_valid_sizes(0, 10) == [188]
-    assert paper.input_size_for_output(388) == (572, 572)
-    assert paper.input_size_for_output((389, 300)) == (588, 492)
-    assert paper.valid_input_sizes(0, 240) == [188, 204, 220, 236]
-    same = UNet(3, 1, 2, features=FEATURES).geometry
-    assert same.margin == (0, 0, 0) and same.context == (20, 20, 20) and same.divisor == (4, 4, 4)
-    assert same.nearest_valid_sizes(0, 30) == [28, 32]
-    assert same.output_size((17, 1, 30)) == (17, 1, 30)  # same mode pads any size internally
-    assert same.input_size_for_output(30) == (32, 32, 32)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -208,11 +203,14 @@ def test_geometry_names_the_nearest_valid_sizes() -> None:
         ({"init": "orthogonal"}, r"init must be one of"),
         ({"kernel_size": 4}, r"kernel_size must hold positive odd numbers only, got 4"),
         ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
+        ({"strides": [2, 2, 2]}, r"strides must be an int or one entry per pooling \(2\)"),
+        ({"kernel_size": [3, 3]}, r"kernel_size must be an int or one entry per level \(3\)"),
         ({"deep_supervision": True, "features": (4, 8)}, r"deep_supervision needs"),
+        ({"features": ()}, r"features must list at least one"),
     ],
 )
 def test_wrong_arguments_give_one_line_errors(kwargs: dict, message: str) -> None:
-    arguments = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **kwargs}
+    arguments = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": FEATURES, **kwargs}
     with pytest.raises(ValueError, match=message) as error:
         UNet(**arguments)
     assert "\n" not in str(error.value)
@@ -268,10 +266,13 @@ def test_torch_compile_traces_forward_and_backward() -> None:
     assert all(p.grad is not None for p in net.parameters())
 
 
-def test_onnx_export_runs_in_onnxruntime(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "arguments", [{}, {**ANISOTROPIC[3], "up_mode": "nontrainable"}], ids=["default", "anisotropic-nontrainable"]
+)
+def test_onnx_export_runs_in_onnxruntime(tmp_path, arguments: dict) -> None:
     import onnxruntime
 
-    net = UNet(3, 1, 3, features=FEATURES).eval()
+    net = UNet(3, 1, 3, features=FEATURES, **arguments).eval()
     x = small_input(3, "same", batch=1)
     path = tmp_path / "unet.onnx"
     torch.onnx.export(net, (x,), str(path), input_names=["image"], output_names=["logits"], dynamo=True)
@@ -279,3 +280,95 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path) -> None:
     (logits,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), net(x), rtol=1e-4, atol=1e-4)
+
+
+def anisotropic_input(net: UNet, batch: int = 2) -> torch.Tensor:
+    """Same mode: sizes the divisor does not divide; valid mode: one divisor above the smallest valid size."""
+    geometry = net.geometry
+    if geometry.conv_mode == "same":
+        sizes = [9 + 2 * axis for axis in range(geometry.spatial_dims)]
+    else:
+        sizes = [s + d for s, d in zip(geometry.smallest_input_size, geometry.divisor)]
+    return torch.randn(batch, 1, *sizes)
+
+
+@pytest.fixture(params=ANISOTROPIC_CASES, ids=["{}d-{}-{}".format(*case) for case in ANISOTROPIC_CASES])
+def anisotropic_network(request: pytest.FixtureRequest) -> UNet:
+    dims, conv_mode, up_mode = request.param
+    torch.manual_seed(0)
+    return UNet(dims, 1, 3, features=FEATURES, conv_mode=conv_mode, up_mode=up_mode, **ANISOTROPIC[dims])
+
+
+def test_anisotropic_shapes_and_gradients(anisotropic_network: UNet) -> None:
+    net = anisotropic_network
+    first_pool = net.pools[1]
+    assert list(first_pool.kernel_size) == list(first_pool.stride) == ANISOTROPIC[net.spatial_dims]["strides"][0]
+    assert net.encoder[0].layers[0].kernel_size[-1] == 1 and net.encoder[1].layers[0].kernel_size[-1] == 3
+    x = anisotropic_input(net)
+    out = net(x)
+    assert tuple(out.shape) == (2, 3, *net.geometry.output_size(x.shape[2:]))
+    if net.geometry.conv_mode == "valid":
+        assert out.shape[-1] == x.shape[-1] - 2 * net.geometry.margin[-1] != x.shape[2] - 2 * net.geometry.margin[0]
+        wrong = list(x.shape[2:])
+        wrong[-1] += 1
+        with pytest.raises(ValueError, match=f"on spatial axis {net.spatial_dims - 1} does not fit"):
+            net(torch.zeros(1, 1, *wrong))
+    out.square().mean().backward()
+    for name, parameter in net.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_anisotropic_torchscript(anisotropic_network: UNet) -> None:
+    net = anisotropic_network.eval()
+    x = anisotropic_input(net, batch=1)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+@pytest.mark.parametrize("conv_mode", ["same", "valid"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_anisotropic_deep_supervision(dims: int, conv_mode: str) -> None:
+    torch.manual_seed(0)
+    features = (4, 8, 16, 32)
+    arguments = {"strides": [*ANISOTROPIC[dims]["strides"], 2], "kernel_size": [*ANISOTROPIC[dims]["kernel_size"], 5]}
+    net = UNet(dims, 1, 2, features=features, conv_mode=conv_mode, deep_supervision=True, **arguments).train()
+    x = anisotropic_input(net, batch=1)
+    stacked = net(x)
+    spatial = net.geometry.output_size(x.shape[2:])
+    assert tuple(stacked.shape) == (1, 3, 2, *spatial)
+    if conv_mode == "same":
+        # Head k sits on level k + 1 and is up-sampled (nearest) by that level's scale: constant in such blocks
+        # (seen on an input the divisor divides, which the network neither pads nor crops).
+        stacked = net(torch.randn(1, 1, *(2 * d for d in net.geometry.divisor)))
+        for head, scale in ((1, net.geometry.scales[1]), (2, net.geometry.scales[2])):
+            aux = stacked[:, head]
+            coarse = aux[(..., *(slice(0, None, s) for s in scale))]
+            for axis, s in enumerate(scale):
+                coarse = coarse.repeat_interleave(s, dim=2 + axis)
+            torch.testing.assert_close(coarse, aux)
+    net.eval()
+    with torch.no_grad():
+        assert tuple(net(x).shape) == (1, 2, *spatial)
+
+
+def test_old_parameter_names_and_shapes() -> None:
+    """The default, bundle and paper networks keep the parameters of unet-med 0.1 (before per-level strides)."""
+    saved = json.loads((DATA / "unet_0.1_state_dict_shapes.json").read_text())
+    for name, entry in saved.items():
+        net = UNet(**entry["arguments"])
+        shapes = {key: list(value.shape) for key, value in net.state_dict().items()}
+        assert shapes == entry["state_dict"], name
+        net.load_state_dict({key: torch.zeros(shape) for key, shape in entry["state_dict"].items()}, strict=True)
+
+
+def test_old_checkpoints_load_and_predict_alike() -> None:
+    """Weights, an input and the outputs saved by unet-med 0.1: same predictions in eval and training mode."""
+    saved = torch.load(DATA / "unet_0.1_checkpoints.pt", weights_only=True)
+    assert set(saved) == {"same_3d_deep_supervision", "valid_2d_nontrainable"}
+    for name, entry in saved.items():
+        net = UNet(**entry["arguments"])
+        net.load_state_dict(entry["state_dict"], strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(net.eval()(entry["input"]), entry["output"], msg=name)
+            torch.testing.assert_close(net.train()(entry["input"]), entry["training_output"], msg=name)
