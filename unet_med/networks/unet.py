@@ -23,9 +23,8 @@ class UNet(nn.Module):
 
     A contracting path of double-convolution blocks and max pooling, an expanding path of up-sampling by the
     same factors, concatenation with the (centre-cropped) skip connection and a double convolution, and a 1x1
-    head. With
-    ``features=(64, 128, 256, 512, 1024)``, ``conv_mode="valid"``, ``norm=None``, ``act="relu"`` and
-    ``up_mode="deconv"`` it is the paper's network: a 572x572 input gives a 388x388 output, with 31,030,658
+    head. With ``features=(64, 128, 256, 512, 1024)``, ``conv_mode="valid"``, ``norm=None``, ``act="relu"``
+    and ``up_mode="deconv"`` it is the paper's network: a 572x572 input gives a 388x388 output, with 31,030,658
     parameters for one input channel and two classes. The defaults follow current practice for volumetric
     data instead (nnU-Net, 3D U-Net): padded convolutions, instance normalisation, leaky ReLU.
 
@@ -65,8 +64,8 @@ class UNet(nn.Module):
             paper's), ``"xavier"`` (Glorot normal) or ``None`` (PyTorch's default). Biases start at 0.
         deep_supervision: in training mode, also return the outputs of the ``deep_supr_num`` coarser decoder
             levels, each up-sampled (nearest) by the product of the strides of the levels it skips and
-            centre-cropped to the output size, stacked as ``(B, 1 + deep_supr_num, C, *S)``
-            with the final output first. In eval mode only the final output is returned, as MONAI's DynUNet
+            centre-cropped to the output size, stacked as ``(B, 1 + deep_supr_num, C, *S')`` with the final
+            output first. In eval mode only the final output is returned, as MONAI's DynUNet
             does, so inferers work unchanged.
         deep_supr_num: number of auxiliary heads; ``None`` means every decoder level but the last
             (``depth - 2``) with deep supervision and none without. A checkpoint loads either way: auxiliary
@@ -85,10 +84,26 @@ class UNet(nn.Module):
         input ``(B, in_channels, *S)`` with ``len(S) == spatial_dims``; output ``(B, out_channels, *S')``,
         ``S' = S`` in same mode and ``S - 2 * geometry.margin`` in valid mode.
 
-    Example:
+    Examples:
         >>> net = UNet(spatial_dims=3, in_channels=1, out_channels=3)
         >>> net(torch.zeros(1, 1, 32, 48, 32)).shape
         torch.Size([1, 3, 32, 48, 32])
+
+        A volume whose third axis is twice as coarse as the others (e.g. 0.8 x 0.8 x 2 mm): that axis is neither
+        pooled nor convolved across at the first level, so from level 1 on the voxels are nearly isotropic.
+
+        >>> net = UNet(3, 1, 3, features=(32, 64, 128, 256), strides=[[2, 2, 1], [2, 2, 2], [2, 2, 2]],
+        ...            kernel_size=[[3, 3, 1], 3, 3, 3])
+        >>> net.geometry.divisor
+        (8, 8, 4)
+        >>> net(torch.zeros(1, 1, 40, 56, 20)).shape
+        torch.Size([1, 3, 40, 56, 20])
+
+        The paper's network, unpadded:
+
+        >>> paper = UNet(2, 1, 2, features=(64, 128, 256, 512, 1024), conv_mode="valid", norm=None, act="relu")
+        >>> paper.geometry.margin, paper.geometry.output_size(572)
+        ((92, 92), (388, 388))
     """
 
     def __init__(
@@ -231,7 +246,7 @@ class UNet(nn.Module):
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
-        """Raises a ``ValueError`` for inputs of the wrong rank or channels, or sizes valid mode cannot take."""
+        """Raises a ``ValueError`` for inputs of the wrong rank or channels, or sizes the geometry refuses."""
         expected_channels = self.encoder[0].layers[0].in_channels
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != expected_channels:
             axes = ", ".join(["size"] * self.spatial_dims)

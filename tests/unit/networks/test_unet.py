@@ -353,7 +353,10 @@ def test_anisotropic_deep_supervision(dims: int, conv_mode: str) -> None:
 
 
 def test_old_parameter_names_and_shapes() -> None:
-    """The default, bundle and paper networks keep the parameters of unet-med 0.1 (before per-level strides)."""
+    """The default, bundle and paper networks keep the parameters of unet-med 0.1 (before per-level strides).
+
+    The fixture lists every parameter's name and shape as the network of commit 4badfc7 built them.
+    """
     saved = json.loads((DATA / "unet_0.1_state_dict_shapes.json").read_text())
     for name, entry in saved.items():
         net = UNet(**entry["arguments"])
@@ -363,7 +366,7 @@ def test_old_parameter_names_and_shapes() -> None:
 
 
 def test_old_checkpoints_load_and_predict_alike() -> None:
-    """Weights, an input and the outputs saved by unet-med 0.1: same predictions in eval and training mode."""
+    """Weights, an input and the outputs saved by unet-med 0.1 (commit 4badfc7): same predictions now."""
     saved = torch.load(DATA / "unet_0.1_checkpoints.pt", weights_only=True)
     assert set(saved) == {"same_3d_deep_supervision", "valid_2d_nontrainable"}
     for name, entry in saved.items():
