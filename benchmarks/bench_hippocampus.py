@@ -4,7 +4,7 @@ Runs the bundle's own train.yaml and evaluate.yaml (MONAI's ConfigWorkflow, the 
 ``python -m monai.bundle run``) with a fixed, seeded 160/40 split of a Decathlon folder, then prints the
 per-class Dice of the best checkpoint on the 40 validation cases, the wall time and the settings.
 
-    python benchmarks/bench_hippocampus.py ../shared/data/msd_hippocampus --epochs 32 --val-interval 8
+    python benchmarks/bench_hippocampus.py /data/Task04_Hippocampus --epochs 32 --val-interval 8
 
 Reference: nnU-Net reports Dice of about 0.90 (anterior) and 0.89 (posterior) on this task.
 """

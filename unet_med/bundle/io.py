@@ -74,7 +74,7 @@ class AtomicNibabelWriter(NibabelWriter):
     ``writer: unet_med.bundle.io.AtomicNibabelWriter``.
     """
 
-    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
         """Write the NIfTI file ``filename`` through a temporary file beside it.
 
         Args:
