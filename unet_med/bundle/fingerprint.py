@@ -4,7 +4,7 @@ Per case: spacing, shape, shape after cropping to the nonzero region, orientatio
 and their voxel counts, and per channel the foreground (label > 0) voxel count, sum and sum of squares plus a
 bounded random sample of foreground intensities. Per data set (:class:`Fingerprint`): medians and percentiles of
 spacing and shapes; per channel the foreground mean and std (exact, from the sums) and the 0.5 / 50 / 99.5
-percentiles (from the pooled samples); the channel names of ``dataset.json``.
+percentiles, min and max (from the pooled samples); the channel names of ``dataset.json``.
 
 Cases are read as the bundles read them: NIfTI through nibabel, reoriented to RAS (what MONAI's
 ``Orientationd(axcodes="RAS")`` does), spacing taken from the reoriented affine (what ``Spacingd`` reads).
@@ -156,7 +156,7 @@ class Fingerprint:
         labels: label values of ``dataset.json``.
         cases: per case fingerprints.
         intensity: per channel ``{"mean", "std", "min", "max", "percentile_00_5", "median", "percentile_99_5"}``
-            of the foreground.
+            of the foreground: mean and std exact, the others from the pooled samples.
     """
 
     dataset_dir: str

@@ -46,11 +46,12 @@ from typing import Any
 import numpy as np
 
 from unet_med.bundle import cost
+from unet_med.bundle.datalists import decathlon_datalist
 from unet_med.bundle.dataset_check import DatasetError, check_dataset
 from unet_med.bundle.fingerprint import Fingerprint, channel_names, compute_fingerprint
 from unet_med.bundle.plan_file import PLAN_VERSION, round_floats, write_plan
 
-__all__ = ["PlanSettings", "main", "make_plan", "network_topology", "plan_dataset", "target_spacing"]
+__all__ = ["PlanSettings", "decision_table", "main", "make_plan", "network_topology", "plan_dataset", "target_spacing"]
 
 ANISOTROPY_RATIO = 3.0
 POOL_SPACING_RATIO = 2.0
@@ -451,10 +452,7 @@ def plan_dataset(
     """
     settings = settings or PlanSettings()
     names = channel_names(dataset_dir)
-    from unet_med.bundle.datalists import decathlon_datalist
-
-    listed = decathlon_datalist(dataset_dir, check_files=False)
-    in_channels = len(names) if names else _first_image_channels(listed)
+    in_channels = len(names) if names else _first_image_channels(decathlon_datalist(dataset_dir, check_files=False))
     datalist = check_dataset(dataset_dir, settings.spatial_dims, in_channels)
     output = Path(output)
     fingerprint = compute_fingerprint(dataset_dir, output.with_name("fingerprint.json"), workers, datalist=datalist,

@@ -76,7 +76,7 @@ def test_nonsense_is_refused_in_one_line(written, tmp_path, key, value, message)
 
 
 def test_unknown_normalisation_is_refused(written, tmp_path):
-    path, text = written
+    _, text = written
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace('"scheme": "zscore"', '"scheme": "minmax"'))
     with pytest.raises(ValueError, match=rf'^{re.escape(str(bad))}: normalization.0.scheme = "minmax": unknown'):
