@@ -23,8 +23,10 @@ the plan file (:mod:`unet_med.bundle.plan_file`). The rules, in the order they a
   32..256 with 40x56x40 patches at 1/3.4 of the time.
 - **Patch**: the median image in the target spacing (the aspect and, if memory allows, all of a typical
   case), cut down to multiples of the network's total stride per axis (never larger than the median image);
-  while the estimated training memory of 2 patches exceeds ``memory_budget`` (or, on a CPU, a step would take
-  more than ``max_step_seconds``), the axis longest relative to the median image loses one stride.
+  while the estimated training memory of 2 patches exceeds ``memory_budget`` (or, on a CPU, a step of 4
+  patches would count more than ``max_step_gflop`` operations), the axis longest relative to the median image
+  loses one stride. The CPU limit is counted, not timed, so that the same data give the same plan on any
+  machine whatever its load; the plan states the time it expects.
 - **Batch**: on a GPU as many patches as the memory budget holds; on a CPU 4 (2 cases x 2 patches, the
   hippocampus setting whose Dice the rules above keep); always at least 2 and at most 5% of the data set's
   voxels per step (more adds near-duplicate patches, not information).
@@ -80,8 +82,9 @@ class PlanSettings:
             device: nnU-Net's GPU reference, which leaves room on a 16 GB GPU for cuDNN workspaces and on a 24 GB
             machine for the cached data and the loader workers).
         ram_budget_gb: memory the preprocessed data set may take in RAM (default: a quarter of this machine's).
-        max_step_seconds: on a CPU, the longest a training step may take (default 2 s, about what the
-            hippocampus step takes at 2 threads).
+        max_step_gflop: on a CPU, the most operations (GFLOP, forward and backward) a training step may count:
+            250 by default, 3.5x the hippocampus step of 4 patches 32x48x32 at widths 16..128 (71 GFLOP, about
+            2 s on 2 cores), so that a CT patch stays near 64 voxels per axis.
         time_budget_hours: training time the epochs are planned for (default 1 h on a CPU, 24 h on a GPU).
         flops_per_second: the device's training throughput; ``None``: measured (CPU, or a present GPU), or an
             assumed 20 TFLOP/s for a GPU that is not here.
@@ -91,7 +94,7 @@ class PlanSettings:
     spatial_dims: int = 3
     memory_budget_gb: float = 8.0
     ram_budget_gb: float | None = None
-    max_step_seconds: float = 2.0
+    max_step_gflop: float = 250.0
     time_budget_hours: float | None = None
     flops_per_second: float | None = None
 
@@ -100,7 +103,7 @@ class PlanSettings:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        for name in ("memory_budget_gb", "ram_budget_gb", "max_step_seconds", "time_budget_hours",
+        for name in ("memory_budget_gb", "ram_budget_gb", "max_step_gflop", "time_budget_hours",
                      "flops_per_second"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -309,7 +312,7 @@ def make_plan(
     def too_costly(c: _Candidate) -> bool:
         if c.memory(2, channels, classes) > budget:
             return True
-        return device == "cpu" and c.flops(CPU_PATCHES_PER_STEP, channels, classes) / rate > settings.max_step_seconds
+        return device == "cpu" and c.flops(CPU_PATCHES_PER_STEP, channels, classes) > settings.max_step_gflop * 1e9
 
     shrunk_for = ""
     while too_costly(candidate):
@@ -332,7 +335,7 @@ def make_plan(
                     f"network's strides")
     if shrunk_for:
         limit = (f"the {settings.memory_budget_gb:g} GB memory budget" if shrunk_for == "memory"
-                 else f"a {settings.max_step_seconds:g} s training step on the CPU")
+                 else f"a CPU step of {settings.max_step_gflop:g} GFLOP")
         patch_reason += f", shrunk along its longest axis relative to the median image to fit {limit}"
     decisions.set("patch_size", candidate.patch, patch_reason)
 

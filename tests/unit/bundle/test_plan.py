@@ -110,11 +110,13 @@ def test_cpu_plan_is_narrower_and_weighs_time(ct_dataset):
     folder, _ = ct_dataset
     fingerprint = compute_fingerprint(folder, workers=1, progress=False)
     gpu, _ = make_plan(fingerprint, settings(device="cuda"))
-    cpu, reasons = make_plan(fingerprint, settings(device="cpu", max_step_seconds=1.0))
+    cpu, reasons = make_plan(fingerprint, settings(device="cpu", max_step_gflop=20))
     assert gpu["network"]["features"][0] == 32 and max(gpu["network"]["features"]) <= 320
     assert cpu["network"]["features"][0] == 16 and max(cpu["network"]["features"]) <= 128
-    assert cpu["cost"]["step_seconds"] <= 1.0 < gpu["cost"]["step_seconds"]
-    assert "s training step on the CPU" in reasons["patch_size"]
+    assert cpu["batch_size"] * cpu["num_samples"] == 4 and cpu["cost"]["step_gflop"] <= 20
+    assert math.prod(cpu["patch_size"]) < math.prod(gpu["patch_size"])
+    assert "to fit a CPU step of 20 GFLOP" in reasons["patch_size"]
+    assert cpu["cost"]["step_seconds"] == pytest.approx(cpu["cost"]["step_gflop"] * 1e9 / FLOPS, rel=1e-2)
     assert cpu["inference"]["overlap"] < gpu["inference"]["overlap"]
 
 
