@@ -182,16 +182,25 @@ class Fingerprint:
         """Median spacing per axis, mm."""
         return np.median(self.spacings(), axis=0)
 
+    def summary(self) -> dict[str, dict[str, list[float]]]:
+        """Per axis 10th, 50th and 90th percentiles of spacing (mm), shape and cropped shape (voxels)."""
+        return {
+            name: {f"percentile_{q}": np.percentile(values, q, axis=0).tolist() for q in (10, 50, 90)}
+            for name, values in (("spacing", self.spacings()), ("shape", self.shapes()),
+                                 ("cropped_shape", self.cropped_shapes()))
+        }
+
     def to_json(self) -> dict:
-        """A JSON-able dict (without the intensity samples)."""
+        """A JSON-able dict (without the intensity samples), with :meth:`summary` for a reader."""
         cases = [{k: v for k, v in asdict(case).items() if k != "foreground_samples"} for case in self.cases]
-        return {**{k: v for k, v in asdict(self).items() if k != "cases"}, "cases": cases}
+        fields = {k: v for k, v in asdict(self).items() if k != "cases"}
+        return {**fields, "summary": self.summary(), "cases": cases}
 
     @classmethod
     def from_json(cls, content: dict) -> Fingerprint:
         """The inverse of :meth:`to_json`."""
         cases = [CaseFingerprint(**case) for case in content["cases"]]
-        return cls(**{**{k: v for k, v in content.items() if k != "cases"}, "cases": cases})
+        return cls(**{**{k: v for k, v in content.items() if k not in ("cases", "summary")}, "cases": cases})
 
 
 def _intensity(cases: Sequence[CaseFingerprint], channels: int) -> list[dict[str, float]]:

@@ -65,7 +65,10 @@ PATCHES_PER_CASE = 2
 CPU_PATCHES_PER_STEP = 4
 VAL_FRACTION = 0.2
 MAX_EPOCHS = 1000
-ASSUMED_GPU_FLOPS = 20e12
+# Training throughput, operations per second, from end to end (loading, augmentation and validation included):
+# CPU: the hippocampus run of 16 epochs of 80 steps of 71 GFLOP in 40 min on a 2-core AVX2 EPYC (38 GFLOP/s),
+# rounded down; GPU: an assumed 20 TFLOP/s for mixed precision on a current data-centre GPU.
+NOMINAL_FLOPS = {"cpu": 35e9, "cuda": 20e12}
 MIN_PATCH = {3: 16, 2: 32}
 MAX_LEVELS = {3: 6, 2: 8}
 WIDTHS = {("cuda", 3): (32, 320), ("cuda", 2): (32, 512), ("cpu", 3): (16, 128), ("cpu", 2): (16, 256)}
@@ -86,8 +89,10 @@ class PlanSettings:
             250 by default, 3.5x the hippocampus step of 4 patches 32x48x32 at widths 16..128 (71 GFLOP, about
             2 s on 2 cores), so that a CT patch stays near 64 voxels per axis.
         time_budget_hours: training time the epochs are planned for (default 1 h on a CPU, 24 h on a GPU).
-        flops_per_second: the device's training throughput; ``None``: measured (CPU, or a present GPU), or an
-            assumed 20 TFLOP/s for a GPU that is not here.
+        flops_per_second: the device's training throughput for the time estimates; ``None``: a nominal rate
+            (``NOMINAL_FLOPS``), so that the same data give the same plan on any machine.
+        measure: time the device instead (:func:`unet_med.bundle.cost.measure_flops_per_second`): this
+            machine's rate now, which varies with its load; a GPU plan made without a GPU keeps the nominal rate.
     """
 
     device: str = "cpu"
@@ -97,6 +102,7 @@ class PlanSettings:
     max_step_gflop: float = 250.0
     time_budget_hours: float | None = None
     flops_per_second: float | None = None
+    measure: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -169,8 +175,10 @@ def network_topology(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Per-level strides and kernels for a patch at a spacing.
 
-    An axis is pooled at a level while its spacing there is at most twice the finest axis's and its map has at
-    least ``2 * MIN_FEATURE_MAP`` voxels; its kernel is 3 where its spacing is at most twice the finest, else 1.
+    At each level, the axes whose maps have at least ``2 * MIN_FEATURE_MAP`` voxels may be pooled; of those, an
+    axis is pooled if its spacing is at most twice the finest of them. An axis's kernel is 1 until its spacing
+    first comes within twice that finest spacing, and 3 from then on (an axis that stops pooling because its
+    map is small keeps its 3).
 
     Args:
         patch: voxels per axis.
@@ -183,11 +191,14 @@ def network_topology(
     size, current = list(patch), list(spacing)
     strides: list[list[int]] = []
     kernels: list[list[int]] = []
+    kernel = [1] * len(size)
     while True:
-        finest = min(current)
-        fine_enough = [s <= POOL_SPACING_RATIO * finest for s in current]
-        kernels.append([3 if fine else 1 for fine in fine_enough])
-        stride = [2 if fine and n >= 2 * MIN_FEATURE_MAP else 1 for fine, n in zip(fine_enough, size)]
+        poolable = [n >= 2 * MIN_FEATURE_MAP for n in size]
+        finest = min((c for c, can in zip(current, poolable) if can), default=min(current))
+        fine_enough = [c <= POOL_SPACING_RATIO * finest for c in current]
+        kernel = [3 if k == 3 or fine else 1 for k, fine in zip(kernel, fine_enough)]
+        kernels.append(kernel)
+        stride = [2 if can and fine else 1 for can, fine in zip(poolable, fine_enough)]
         if max(stride) == 1 or len(kernels) == max_levels:
             return strides, kernels
         strides.append(stride)
@@ -239,10 +250,15 @@ def _throughput(settings: PlanSettings, features: list[int], in_channels: int, c
     """The device's training throughput and how it was obtained."""
     if settings.flops_per_second is not None:
         return settings.flops_per_second, f"{settings.flops_per_second / 1e9:.3g} GFLOP/s as given"
+    nominal = NOMINAL_FLOPS[settings.device]
+    nominal_how = {"cpu": f"the nominal {nominal / 1e9:g} GFLOP/s of a 2-core AVX2 CPU (the hippocampus run's)",
+                   "cuda": f"an assumed {nominal / 1e12:g} TFLOP/s"}[settings.device]
+    if not settings.measure:
+        return nominal, nominal_how
     import torch
 
     if settings.device == "cuda" and not torch.cuda.is_available():
-        return ASSUMED_GPU_FLOPS, f"no GPU here: {ASSUMED_GPU_FLOPS / 1e12:g} TFLOP/s assumed"
+        return nominal, f"{nominal_how} (no GPU here to time)"
     rate = cost.measure_flops_per_second(settings.spatial_dims, features, in_channels, classes, settings.device)
     threads = f", {torch.get_num_threads()} threads" if settings.device == "cpu" else ""
     return rate, f"{rate / 1e9:.3g} GFLOP/s measured by a timed UNet step on this {settings.device}{threads}"
@@ -385,7 +401,7 @@ def make_plan(
                   f"preprocessed cases take {_nbytes_gb(preprocessed):.2f} GB (float32 images, uint8 labels), "
                   + (f"within the RAM budget of {_nbytes_gb(ram_budget):.1f} GB: CacheDataset" if in_ram else
                      f"more than the RAM budget of {_nbytes_gb(ram_budget):.1f} GB: PersistentDataset on disk"))
-    decisions.set("cache.preprocessed_gb", round(_nbytes_gb(preprocessed), 3), "float32 images and uint8 labels")
+    decisions.set("cache.preprocessed_gb", _nbytes_gb(preprocessed), "float32 images and uint8 labels")
     decisions.reasons["cache"] = "where the deterministic preprocessing is kept between epochs"
 
     step_flops = candidate.flops(patches, channels, classes)
@@ -395,11 +411,11 @@ def make_plan(
     epoch_seconds = steps * step_seconds
     hours = settings.time_budget_hours or (1.0 if device == "cpu" else 24.0)
     epochs = int(min(MAX_EPOCHS, max(1, hours * 3600 // max(epoch_seconds, 1e-9))))
-    decisions.set("cost.memory_gb", round(_nbytes_gb(candidate.memory(patches, channels, classes)), 3),
+    decisions.set("cost.memory_gb", _nbytes_gb(candidate.memory(patches, channels, classes)),
                   "estimated training memory: activations autograd keeps, weights, gradients, AdamW moments")
-    decisions.set("cost.step_gflop", round(step_flops / 1e9, 1), "convolutions of one forward + backward step")
-    decisions.set("cost.step_seconds", round(step_seconds, 3), f"the step's operations at {rate_how}")
-    decisions.set("cost.epoch_seconds", round(epoch_seconds, 1),
+    decisions.set("cost.step_gflop", step_flops / 1e9, "convolutions of one forward + backward step")
+    decisions.set("cost.step_seconds", step_seconds, f"the step's operations at {rate_how}")
+    decisions.set("cost.epoch_seconds", epoch_seconds,
                   f"{steps} steps ({training_cases} training cases after a {VAL_FRACTION:.0%} validation split); "
                   "compute only: loading, augmentation and validation come on top")
     decisions.reasons["cost"] = "what a step and an epoch will cost (estimates, not limits)"
@@ -502,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory_budget", type=float, default=8.0, help="GB for a training step (default 8)")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=3, help="network dimensions (default 3)")
     parser.add_argument("--workers", type=int, default=None, help="fingerprinting processes (default: CPUs)")
+    parser.add_argument("--measure", action="store_true",
+                        help="estimate times from a timed training step on this machine, not the nominal rate")
     args = parser.parse_args(argv)
     device = args.device
     if device is None:
@@ -509,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        settings = PlanSettings(device=device, spatial_dims=args.dims, memory_budget_gb=args.memory_budget)
+        settings = PlanSettings(device=device, spatial_dims=args.dims, memory_budget_gb=args.memory_budget,
+                                measure=args.measure)
         plan, reasons = plan_dataset(args.dataset_dir, args.output, settings, args.workers)
     except DatasetError as err:
         print(err, file=sys.stderr)

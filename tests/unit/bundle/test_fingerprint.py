@@ -87,6 +87,7 @@ def test_the_cache_is_reused_and_invalidated_by_a_changed_file(samples, tmp_path
     cache = tmp_path / "models" / "fingerprint.json"
     first = compute_fingerprint(folder, cache, workers=1, progress=False)
     stored = json.loads(cache.read_text())
+    assert stored["fingerprint"]["summary"]["spacing"]["percentile_50"] == [1.0, 1.0, 1.0]
     stored["fingerprint"]["intensity"][0]["mean"] = -123.0  # a mark only a cache hit can return
     cache.write_text(json.dumps(stored))
     assert compute_fingerprint(folder, cache, workers=1, progress=False).intensity[0]["mean"] == -123.0
