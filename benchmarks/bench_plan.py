@@ -138,8 +138,13 @@ def main() -> None:
         return
     import torch
 
+    from unet_med.bundle.cost import measure_flops_per_second
+
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}\n")
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
+    rate = measure_flops_per_second(3, [16, 32, 64, 128], 1, 3)
+    print(f"measured now (what --measure would use): {rate / 1e9:.3g} GFLOP/s for a 16..128 UNet step on 32^3; "
+          "the plans below use the nominal rates\n")
     if args.hippocampus:
         hippocampus_table(args.hippocampus)
     if args.ct:

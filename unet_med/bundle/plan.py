@@ -15,12 +15,12 @@ the plan file (:mod:`unet_med.bundle.plan_file`). The rules, in the order they a
   and z-scored with the data set's foreground mean and std (Hounsfield units mean the same in every scan);
   any other channel is z-scored per case (MRI intensities have no unit), over the nonzero voxels when cropping
   to nonzero shrinks the median image below 3/4 (then the zero background would dominate the statistics).
-- **Network**: an axis whose spacing is more than twice the finest is not pooled and its kernel is 1 until
-  pooling the others catches up (a 3x3 kernel across 3 mm slices mixes tissue the in-plane kernel keeps
-  apart); an axis is pooled while its map has at least 8 voxels, so the coarsest map has about 4 voxels per
-  axis; widths double from 32 to a cap of 320 (3D) / 512 (2D), nnU-Net's. On a CPU the widths double from 16
-  to 128 (3D) / 256 (2D): on the hippocampus 16..128 with 32x48x32 patches reached the same Dice per epoch as
-  32..256 with 40x56x40 patches at 1/3.4 of the time.
+- **Network**: an axis whose spacing is more than twice the finest (of the axes still large enough to pool) is
+  not pooled and its kernel is 1 until pooling the others catches up, 3 from then on (a 3x3 kernel across 3 mm
+  slices mixes tissue the in-plane kernel keeps apart); an axis is pooled while its map has at least 8 voxels,
+  so the coarsest map has about 4 voxels per axis; widths double from 32 to a cap of 320 (3D) / 512 (2D),
+  nnU-Net's. On a CPU the widths double from 16 to 128 (3D) / 256 (2D): on the hippocampus 16..128 with
+  32x48x32 patches reached the same Dice per epoch as 32..256 with 40x56x40 patches at 1/3.4 of the time.
 - **Patch**: the median image in the target spacing (the aspect and, if memory allows, all of a typical
   case), cut down to multiples of the network's total stride per axis (never larger than the median image);
   while the estimated training memory of 2 patches exceeds ``memory_budget`` (or, on a CPU, a step of 4
