@@ -286,6 +286,7 @@ def compute_fingerprint(
         results = pool.map(_fingerprint_indexed, items, chunksize=max(1, len(items) // (8 * workers)))
         cases = list(tqdm(results, total=len(items), desc="fingerprint", unit="case", disable=not progress))
     _check_channels(cases, None if names is None else len(names), dataset_json)
+    names_given = names is not None
     if names is None:
         names = [f"channel_{c}" for c in range(cases[0].channels)]
         warnings.warn(
@@ -297,7 +298,7 @@ def compute_fingerprint(
     fingerprint = Fingerprint(
         dataset_dir=str(dataset_dir),
         channel_names=names,
-        names_given=channel_names(dataset_dir) is not None,
+        names_given=names_given,
         labels=labels,
         cases=cases,
         intensity=_intensity(cases, len(names)),

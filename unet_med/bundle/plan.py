@@ -226,6 +226,11 @@ def _nbytes_gb(value: float) -> float:
     return value / 1e9
 
 
+def _three_digits(value: float) -> float:
+    """An estimate to 3 significant digits: what it can claim."""
+    return float(f"{value:.3g}")
+
+
 @dataclass
 class _Candidate:
     patch: list[int]
@@ -401,7 +406,7 @@ def make_plan(
                   f"preprocessed cases take {_nbytes_gb(preprocessed):.2f} GB (float32 images, uint8 labels), "
                   + (f"within the RAM budget of {_nbytes_gb(ram_budget):.1f} GB: CacheDataset" if in_ram else
                      f"more than the RAM budget of {_nbytes_gb(ram_budget):.1f} GB: PersistentDataset on disk"))
-    decisions.set("cache.preprocessed_gb", _nbytes_gb(preprocessed), "float32 images and uint8 labels")
+    decisions.set("cache.preprocessed_gb", _three_digits(_nbytes_gb(preprocessed)), "float32 images and uint8 labels")
     decisions.reasons["cache"] = "where the deterministic preprocessing is kept between epochs"
 
     step_flops = candidate.flops(patches, channels, classes)
@@ -411,12 +416,12 @@ def make_plan(
     epoch_seconds = steps * step_seconds
     hours = settings.time_budget_hours or (1.0 if device == "cpu" else 24.0)
     epochs = int(min(MAX_EPOCHS, max(1, hours * 3600 // max(epoch_seconds, 1e-9))))
-    decisions.set("cost.memory_gb", _nbytes_gb(candidate.memory(patches, channels, classes)),
+    decisions.set("cost.memory_gb", _three_digits(_nbytes_gb(candidate.memory(patches, channels, classes))),
                   "estimated training memory: activations autograd keeps, weights, gradients, AdamW moments")
-    decisions.set("cost.step_gflop", step_flops / 1e9, "convolutions of one forward + backward step")
-    decisions.set("cost.step_seconds", step_seconds, f"the step's operations at {rate_how}")
-    decisions.set("cost.epoch_seconds", epoch_seconds,
-                  f"{steps} steps ({training_cases} training cases after a {VAL_FRACTION:.0%} validation split); "
+    decisions.set("cost.step_gflop", _three_digits(step_flops / 1e9), "convolutions of one forward + backward step")
+    decisions.set("cost.step_seconds", _three_digits(step_seconds), f"the step's operations at {rate_how}")
+    decisions.set("cost.epoch_seconds", _three_digits(epoch_seconds),
+                  f"{steps} steps ({training_cases} of {cases} cases train, {VAL_FRACTION:.0%} validate); "
                   "compute only: loading, augmentation and validation come on top")
     decisions.reasons["cost"] = "what a step and an epoch will cost (estimates, not limits)"
     decisions.set("epochs", epochs,

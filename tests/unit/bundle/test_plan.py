@@ -116,7 +116,7 @@ def test_cpu_plan_is_narrower_and_weighs_time(ct_dataset):
     assert cpu["batch_size"] * cpu["num_samples"] == 4 and cpu["cost"]["step_gflop"] <= 20
     assert math.prod(cpu["patch_size"]) < math.prod(gpu["patch_size"])
     assert "to fit a CPU step of 20 GFLOP" in reasons["patch_size"]
-    assert cpu["cost"]["step_seconds"] == pytest.approx(cpu["cost"]["step_gflop"] * 1e9 / FLOPS, rel=1e-5)
+    assert cpu["cost"]["step_seconds"] == pytest.approx(cpu["cost"]["step_gflop"] * 1e9 / FLOPS, rel=1e-2)
     assert cpu["inference"]["overlap"] < gpu["inference"]["overlap"]
 
 
