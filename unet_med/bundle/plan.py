@@ -291,7 +291,7 @@ def make_plan(
     channels, classes = len(fingerprint.channel_names), len(fingerprint.labels)
     cases = len(fingerprint.cases)
     decisions.set("version", PLAN_VERSION, "plan file format")
-    decisions.set("dataset_dir", fingerprint.dataset_dir, f"the data set planned for ({cases} training cases)")
+    decisions.set("dataset_dir", fingerprint.dataset_dir, f"the data set planned for; training cases: {cases}")
     decisions.set("device", device, "the device planned for: widths, patch and batch weigh its memory and speed")
     decisions.set("spatial_dims", dims, "3: volumes; 2: slices along the last (RAS superior) axis")
     names_reason = ("dataset.json's channel names" if fingerprint.names_given
@@ -403,7 +403,7 @@ def make_plan(
                   else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4)
     in_ram = preprocessed <= ram_budget
     decisions.set("cache.policy", "ram" if in_ram else "disk",
-                  f"preprocessed cases take {_nbytes_gb(preprocessed):.2f} GB (float32 images, uint8 labels), "
+                  f"preprocessed cases take {_nbytes_gb(preprocessed):.3g} GB (float32 images, uint8 labels), "
                   + (f"within the RAM budget of {_nbytes_gb(ram_budget):.1f} GB: CacheDataset" if in_ram else
                      f"more than the RAM budget of {_nbytes_gb(ram_budget):.1f} GB: PersistentDataset on disk"))
     decisions.set("cache.preprocessed_gb", _three_digits(_nbytes_gb(preprocessed)), "float32 images and uint8 labels")
@@ -420,9 +420,10 @@ def make_plan(
                   "estimated training memory: activations autograd keeps, weights, gradients, AdamW moments")
     decisions.set("cost.step_gflop", _three_digits(step_flops / 1e9), "convolutions of one forward + backward step")
     decisions.set("cost.step_seconds", _three_digits(step_seconds), f"the step's operations at {rate_how}")
+    split = (f"{steps} steps ({training_cases} of {cases} cases train, {VAL_FRACTION:.0%} validate)" if cases > 1
+             else "1 step (one case: nothing to validate on)")
     decisions.set("cost.epoch_seconds", _three_digits(epoch_seconds),
-                  f"{steps} steps ({training_cases} of {cases} cases train, {VAL_FRACTION:.0%} validate); "
-                  "compute only: loading, augmentation and validation come on top")
+                  f"{split}; compute only: loading, augmentation and validation come on top")
     decisions.reasons["cost"] = "what a step and an epoch will cost (estimates, not limits)"
     decisions.set("epochs", epochs,
                   f"what fits {hours:g} h at the estimated epoch cost, at most nnU-Net's {MAX_EPOCHS}")
