@@ -337,7 +337,7 @@ def make_plan(
 
     shrunk_for = ""
     while too_costly(candidate):
-        shrunk_for = "memory" if candidate.memory(2, channels, classes) > budget else "time"
+        shrunk_for = "memory" if candidate.memory(2, channels, classes) > budget else "operations"
         total = [math.prod(s[a] for s in candidate.strides) for a in range(dims)]
         order = np.argsort([-p / m for p, m in zip(candidate.patch, median_patch)])
         axis = next((int(a) for a in order if candidate.patch[a] - total[a] >= min_patch[a]), None)
@@ -358,6 +358,9 @@ def make_plan(
         limit = (f"the {settings.memory_budget_gb:g} GB memory budget" if shrunk_for == "memory"
                  else f"a CPU step of {settings.max_step_gflop:g} GFLOP")
         patch_reason += f", shrunk along its longest axis relative to the median image to fit {limit}"
+        if too_costly(candidate):
+            step = candidate.flops(CPU_PATCHES_PER_STEP, channels, classes) / 1e9
+            patch_reason += f" (the smallest sensible patch still counts {step:.3g} GFLOP)"
     decisions.set("patch_size", candidate.patch, patch_reason)
 
     width_reason = {"cuda": "double from 32 to nnU-Net's cap", "cpu": "double from 16 to a CPU cap: same Dice "
