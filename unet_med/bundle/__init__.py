@@ -7,4 +7,8 @@
 - :mod:`~unet_med.bundle.io`: atomic file writes and weights-only checkpoint files.
 - :mod:`~unet_med.bundle.distributed`: the multi-GPU configs' device, process group and rank-0 handlers.
 - :mod:`~unet_med.bundle.flags`: command-line flags read as the user means them.
+- :mod:`~unet_med.bundle.fingerprint`: a data set's spacings, shapes, intensities and labels, cached as JSON.
+- :mod:`~unet_med.bundle.plan`: training and inference planned from the fingerprint, each value with its reason.
+- :mod:`~unet_med.bundle.plan_file`: the plan file: written with its reasons, loaded, overridden, validated.
+- :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
 """
