@@ -7,4 +7,6 @@
 - :mod:`~unet_med.bundle.io`: atomic file writes and weights-only checkpoint files.
 - :mod:`~unet_med.bundle.distributed`: the multi-GPU configs' device, process group and rank-0 handlers.
 - :mod:`~unet_med.bundle.flags`: command-line flags read as the user means them.
+- :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
+- :mod:`~unet_med.bundle.transforms`: ``IsolatedSpacingd``, the inference configs' resampling, safe in MONAI Label.
 """

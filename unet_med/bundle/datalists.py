@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 DATASET_JSON = "dataset.json"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _dataset_json_path(dataset: str | os.PathLike) -> Path:

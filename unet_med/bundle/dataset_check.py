@@ -29,8 +29,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from unet_med.bundle.datalists import NIFTI_SUFFIXES, decathlon_datalist, label_names
-from unet_med.bundle.readers import SimpleITKReader, dicom_series_files, read_scan
+from unet_med.bundle.datalists import decathlon_datalist, label_names
+from unet_med.bundle.readers import NIFTI_SUFFIXES, SimpleITKReader, dicom_series_files, read_scan
 
 __all__ = ["DatasetError", "check_dataset", "check_images", "main"]
 

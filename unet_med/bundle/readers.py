@@ -18,7 +18,15 @@ import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-__all__ = ["ITK_SUFFIXES", "SCAN_SUFFIXES", "SimpleITKReader", "dicom_series_files", "is_scan", "read_scan"]
+__all__ = [
+    "ITK_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "SCAN_SUFFIXES",
+    "SimpleITKReader",
+    "dicom_series_files",
+    "is_scan",
+    "read_scan",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".mha", ".mhd")
