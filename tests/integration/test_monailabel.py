@@ -36,7 +36,7 @@ MODEL = MODELS[3]
 REORIENTED = "reoriented_001"  # hippocampus_001 stored left-posterior-superior instead of right-anterior-superior
 ENV_TIMEOUT_S = 3600  # a first build downloads about 4 GB
 READY_TIMEOUT_S = 180
-TRAIN_TIMEOUT_S = 600
+TASK_TIMEOUT_S = 600  # one training or scoring run
 SIMULATIONS = 3  # dropout samples per scan in epistemic scoring
 
 
@@ -212,12 +212,28 @@ def test_2d_bundle_segments_a_volume_slice_by_slice(server, tmp_path):
     assert len(np.unique(segment(server, MODELS[2], REORIENTED, tmp_path))) > 1
 
 
+def wait_for_task(server: Server, kind: str) -> dict:
+    """Poll GET /<kind>/ (train or scoring) until the latest task has ended; return it."""
+    task = server.json("GET", f"/{kind}/")
+    deadline = time.monotonic() + TASK_TIMEOUT_S
+    while task["status"] in ("SUBMITTED", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(2)
+        task = server.json("GET", f"/{kind}/")
+    return task
+
+
 def test_epistemic_scoring_scores_every_unlabelled_scan(server):
-    """Active learning: the 3D bundle with MONAI Label's dropout (network_def#dropout), sampled per scan."""
+    """Active learning: the 3D bundle with MONAI Label's dropout (network_def#dropout), sampled per scan.
+
+    The server scores every unlabelled scan when it starts; scores are kept until models/model.pt changes.
+    """
     assert MODEL in server.json("GET", "/info/")["scoring"]
+    task = wait_for_task(server, "scoring")
+    assert task["status"] == "DONE", f"scoring ended as {task['status']}:\n{server.log_tail()}"
+    images = sorted(path.name.removesuffix(".nii.gz") for path in server.studies.glob("*.nii.gz"))
     summary = server.json("POST", f"/scoring/{MODEL}?run_sync=true")
-    images = sorted(path.name.removesuffix(".nii.gz") for path in server.studies.iterdir())
-    assert summary["total"] == summary["executed"] == len(images)  # no labels have been submitted yet
+    assert summary["total"] == summary["skipped"] == len(images) and summary["executed"] == 0
+
     model_ts = int((server.bundles / MODEL / "models" / "model.pt").stat().st_mtime)
     entropies = []
     for image in images:
@@ -245,11 +261,8 @@ def test_submitted_labels_train_the_bundle(labelled, dims):
     weights = server.bundles / model / "models" / "model.pt"
     before, modified = torch.load(weights, weights_only=True), weights.stat().st_mtime_ns
     # One epoch on one case, validated on the other: the bundle validates at least once and saves the best model.
-    task = server.json("POST", f"/train/{model}", {"max_epochs": 1, "val_split": 0.5})
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    while task["status"] in ("SUBMITTED", "RUNNING") and time.monotonic() < deadline:
-        time.sleep(2)
-        task = server.json("GET", "/train/")
+    server.json("POST", f"/train/{model}", {"max_epochs": 1, "val_split": 0.5})
+    task = wait_for_task(server, "train")
     assert task["status"] == "DONE", f"training ended as {task['status']}:\n{server.log_tail()}"
 
     served = server.app / "model" / model / "models" / "model.pt"  # the bundle as MONAI Label sees it
