@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Serve the project's bundles with a MONAI Label server, from a virtual environment of its own.
 
-MONAI Label 0.8.5 needs numpy < 2, pydicom < 3, MONAI < 1.6 and a torchvision built for its torch (see
-``monailabel_constraints.txt``), so it runs apart from the project's environment. This script builds that
-environment once from PyPI under ``${XDG_CACHE_HOME:-~/.cache}/unet-med/`` and reuses it for as long as
-``monailabel_requirements.txt``, ``monailabel_constraints.txt`` and the Python version stay the same; the
-project's code comes from this checkout.
+MONAI Label 0.8.5 needs numpy < 2, jsonschema < 4 and pydicom < 3 (see ``monailabel_constraints.txt``; the
+project needs jsonschema >= 4), so it runs apart from the project's environment, on the project's MONAI. This
+script builds that environment once from PyPI under ``${XDG_CACHE_HOME:-~/.cache}/unet-med/`` and reuses it for
+as long as ``monailabel_requirements.txt``, ``monailabel_constraints.txt`` and the Python version stay the same;
+the project's code comes from this checkout.
 
 Usage (Linux or macOS)::
 
-    # build the environment (7 to 13 minutes and 7.5 GB on disk the first time), print its python
+    # build the environment (7 to 28 minutes and 7.5 GB on disk the first time), print its python
     python scripts/monailabel_server.py env
     # serve bundles/unet_med_3d_segmentation (it needs models/model.pt) on http://127.0.0.1:8000
     python scripts/monailabel_server.py start --studies /data/scans

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +64,47 @@ def bundle_cli(child_env: dict[str, str]) -> Callable[..., subprocess.CompletedP
         return result
 
     return run
+
+
+def _write_dicom_series(image, folder: Path) -> None:
+    """One DICOM file per slice of a 3D int16 SimpleITK image, with the tags that place each slice in space."""
+    folder.mkdir(parents=True)
+    direction = image.GetDirection()
+    shared = {
+        "0008|0060": "MR",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+        "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
+        "0020|0037": "\\".join(f"{value:.6f}" for value in direction[0::3] + direction[1::3]),
+        "0028|0030": "\\".join(f"{value:.6f}" for value in reversed(image.GetSpacing()[:2])),
+        "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(image.GetDepth()):
+        plane = image[:, :, index]
+        position = image.TransformIndexToPhysicalPoint((0, 0, index))
+        tags = {**shared, "0020|0032": "\\".join(f"{value:.6f}" for value in position), "0020|0013": str(index + 1)}
+        tags["0008|0018"] = f"{shared['0020|000e']}.{index + 1}"
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{index:03d}.dcm"))
+        writer.Execute(plane)
+
+
+@pytest.fixture(scope="session")
+def scan_formats(tmp_path_factory, samples) -> dict[str, Path]:
+    """One sample scan (hippocampus_001 as int16, turned 90 degrees about z, 0.9 x 1.1 x 1.3 mm voxels) in every
+    format inference reads.
+
+    Keys: ``nifti`` (``.nii.gz``), ``dicom`` (a folder with the series), ``nrrd``, ``mha``; all hold the same
+    voxels at the same world positions.
+    """
+    image = sitk.Cast(sitk.ReadImage(str(samples / "imagesTr" / "hippocampus_001.nii.gz")), sitk.sitkInt16)
+    image.SetDirection((0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    image.SetSpacing((0.9, 1.1, 1.3))
+    folder = tmp_path_factory.mktemp("scan_formats")
+    paths = {"nifti": folder / "scan.nii.gz", "nrrd": folder / "scan.nrrd", "mha": folder / "scan.mha"}
+    for path in paths.values():
+        sitk.WriteImage(image, str(path))
+    _write_dicom_series(image, folder / "dicom" / "scan")
+    return {**paths, "dicom": folder / "dicom" / "scan"}

@@ -1,9 +1,10 @@
 """The bundles in a real MONAI Label server, started by scripts/monailabel_server.py on loopback.
 
 The server runs in its own environment (built once, then cached; see the script). It serves copies of the 3D and
-2D bundles with freshly initialised weights on a copy of data_samples/imagesTr plus one reoriented scan; the tests
-ask it for its models, segment scans, submit two labels and train the 3D bundle one epoch, as 3D Slicer or OHIF
-would.
+2D bundles with freshly initialised weights on a copy of data_samples/imagesTr plus one reoriented scan, with the
+3D bundle as its epistemic (dropout) scoring model; the tests ask it for its models, segment scans, score the
+unlabelled scans for active learning, submit two labels and train each bundle one epoch, as 3D Slicer or OHIF
+would. The environment holds the project's MONAI (1.6), like the one the project is tested with.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ MODEL = MODELS[3]
 REORIENTED = "reoriented_001"  # hippocampus_001 stored left-posterior-superior instead of right-anterior-superior
 ENV_TIMEOUT_S = 3600  # a first build downloads about 4 GB
 READY_TIMEOUT_S = 180
-TRAIN_TIMEOUT_S = 600
+TASK_TIMEOUT_S = 600  # one training or scoring run
+SIMULATIONS = 3  # dropout samples per scan in epistemic scoring
 
 
 @dataclass
@@ -159,7 +161,8 @@ def server(tmp_path_factory, project_root, samples, bundle_dirs) -> Server:
     for source in bundle_dirs.values():
         write_bundle(source, root / "bundles" / source.name)
         command += ["--bundle", str(root / "bundles" / source.name)]
-    command += ["--app", str(root / "app")]
+    command += ["--app", str(root / "app"), "--conf", "epistemic_model", MODEL]
+    command += ["--conf", "epistemic_simulation_size", str(SIMULATIONS)]
     log = root / "server.log"
     with log.open("w") as output:
         # A session of its own: the server's process id is its process group's, which its children share.
@@ -209,24 +212,60 @@ def test_2d_bundle_segments_a_volume_slice_by_slice(server, tmp_path):
     assert len(np.unique(segment(server, MODELS[2], REORIENTED, tmp_path))) > 1
 
 
-def test_submitted_labels_train_the_bundle(server, samples):
+def wait_for_task(server: Server, kind: str) -> dict:
+    """Poll GET /<kind>/ (train or scoring) until the latest task has ended; return it."""
+    task = server.json("GET", f"/{kind}/")
+    deadline = time.monotonic() + TASK_TIMEOUT_S
+    while task["status"] in ("SUBMITTED", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(2)
+        task = server.json("GET", f"/{kind}/")
+    return task
+
+
+def test_epistemic_scoring_scores_every_unlabelled_scan(server):
+    """Active learning: the 3D bundle with MONAI Label's dropout (network_def#dropout), sampled per scan.
+
+    The server scores every unlabelled scan when it starts; scores are kept until models/model.pt changes.
+    """
+    assert MODEL in server.json("GET", "/info/")["scoring"]
+    task = wait_for_task(server, "scoring")
+    assert task["status"] == "DONE", f"scoring ended as {task['status']}:\n{server.log_tail()}"
+    images = sorted(path.name.removesuffix(".nii.gz") for path in server.studies.glob("*.nii.gz"))
+    summary = server.json("POST", f"/scoring/{MODEL}?run_sync=true")
+    assert summary["total"] == summary["skipped"] == len(images) and summary["executed"] == 0
+
+    model_ts = int((server.bundles / MODEL / "models" / "model.pt").stat().st_mtime)
+    entropies = []
+    for image in images:
+        info = server.json("GET", f"/datastore/image/info?image={image}")
+        assert info["epistemic_ts"] == model_ts
+        entropies.append(info["epistemic_entropy"])
+    assert np.isfinite(entropies).all()
+    assert f"EPISTEMIC:: {REORIENTED} => iters: {SIMULATIONS};" in server.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def labelled(server, samples) -> Server:
+    """The server after two final labels were submitted, as an annotator saves corrected segmentations."""
     for case in ("hippocampus_001", "hippocampus_003"):
         body, headers = multipart("label", samples / "labelsTr" / f"{case}.nii.gz")
         saved = json.loads(server.request("PUT", f"/datastore/label?image={case}&tag=final", body, headers))
         assert saved == {"image": case, "label": case}
     assert server.json("GET", "/datastore/?output=stats")["label_tags"] == {"final": 2}
+    return server
 
-    weights = server.bundles / MODEL / "models" / "model.pt"
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_submitted_labels_train_the_bundle(labelled, dims):
+    server, model = labelled, MODELS[dims]
+    weights = server.bundles / model / "models" / "model.pt"
     before, modified = torch.load(weights, weights_only=True), weights.stat().st_mtime_ns
     # One epoch on one case, validated on the other: the bundle validates at least once and saves the best model.
-    task = server.json("POST", f"/train/{MODEL}", {"max_epochs": 1, "val_split": 0.5})
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    while task["status"] in ("SUBMITTED", "RUNNING") and time.monotonic() < deadline:
-        time.sleep(2)
-        task = server.json("GET", "/train/")
+    server.json("POST", f"/train/{model}", {"max_epochs": 1, "val_split": 0.5})
+    task = wait_for_task(server, "train")
     assert task["status"] == "DONE", f"training ended as {task['status']}:\n{server.log_tail()}"
 
-    served = server.app / "model" / MODEL / "models" / "model.pt"  # the bundle as MONAI Label sees it
+    served = server.app / "model" / model / "models" / "model.pt"  # the bundle as MONAI Label sees it
     assert f"Restored all variables from {served}" in server.log.read_text(), "training ignored models/model.pt"
     after = torch.load(weights, weights_only=True)
     assert weights.stat().st_mtime_ns > modified

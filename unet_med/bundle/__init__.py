@@ -11,4 +11,6 @@
 - :mod:`~unet_med.bundle.plan`: training and inference planned from the fingerprint, each value with its reason.
 - :mod:`~unet_med.bundle.plan_file`: the plan file: written with its reasons, loaded, overridden, validated.
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
+- :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
+- :mod:`~unet_med.bundle.transforms`: ``IsolatedSpacingd``, the inference configs' resampling, safe in MONAI Label.
 """

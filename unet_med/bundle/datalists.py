@@ -18,6 +18,8 @@ from pathlib import Path
 
 from monai.data.utils import create_file_basename
 
+from unet_med.bundle.readers import SCAN_SUFFIXES, is_scan
+
 __all__ = [
     "DATASET_JSON",
     "check_output_dir",
@@ -30,7 +32,6 @@ __all__ = [
 ]
 
 DATASET_JSON = "dataset.json"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _dataset_json_path(dataset: str | os.PathLike) -> Path:
@@ -187,24 +188,32 @@ def label_names(dataset: str | os.PathLike) -> dict[int, str]:
 
 
 def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
-    """Images to run inference on, as ``{"image": path}`` dicts.
+    """Scans to run inference on, as ``{"image": path}`` dicts.
+
+    A scan is a NIfTI, NRRD or MetaImage file (:data:`unet_med.bundle.readers.SCAN_SUFFIXES`) or a folder that
+    holds one DICOM series.
 
     Args:
-        source: a folder (its NIfTI files, hidden ones such as ``._x.nii.gz`` left out), a glob pattern such as
-            ``"/data/imagesTs/*.nii.gz"``, one file, or a sequence of files.
+        source: a folder (its scan files and its subfolders with a DICOM series, hidden ones such as
+            ``._x.nii.gz`` left out; or the folder itself, when it is a DICOM series), a glob pattern such as
+            ``"/data/imagesTs/*.nii.gz"``, one file, or a sequence of files and DICOM folders.
 
     Returns:
-        One dict per image, sorted by path.
+        One dict per scan, sorted by path.
 
     Raises:
-        ValueError: if nothing matches or a listed file does not exist.
+        ValueError: if nothing matches or a listed path does not exist.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            files = [str(p) for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and p.name[0] != "."]
+            files = [str(p) for p in path.iterdir() if p.name[0] != "." and is_scan(p)]
+            if not files and is_scan(path):
+                files = [str(path)]
             if not files:
-                raise ValueError(f"no NIfTI images ({', '.join(NIFTI_SUFFIXES)}) in folder {path}.")
+                raise ValueError(
+                    f"no images ({', '.join(SCAN_SUFFIXES)} files or DICOM series folders) in folder {path}."
+                )
         elif path.is_file():
             files = [str(path)]
         else:
@@ -213,7 +222,7 @@ def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> l
             raise ValueError(f"no images found at {source}.")
     else:
         files = [str(file) for file in source]
-        missing = [file for file in files if not Path(file).is_file()]
+        missing = [file for file in files if not Path(file).exists()]
         if missing or not files:
             raise ValueError(f"image files missing: {missing or 'an empty list was given'}.")
     return [{"image": str(Path(file).resolve())} for file in sorted(files)]

@@ -29,7 +29,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from unet_med.bundle.datalists import NIFTI_SUFFIXES, decathlon_datalist, label_names
+from unet_med.bundle.datalists import decathlon_datalist, label_names
+from unet_med.bundle.readers import NIFTI_SUFFIXES, SimpleITKReader, dicom_series_files, read_scan
 
 __all__ = ["DatasetError", "check_dataset", "check_images", "main"]
 
@@ -105,14 +106,27 @@ def _read_problem(error: Exception) -> str:
 
 
 def _load(path: str, problems: list[str]) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | None:
-    """``(shape, affine, data)`` of a NIfTI file, or ``None`` with a problem added."""
+    """``(shape, affine, data)`` of a scan, or ``None`` with a problem added.
+
+    NIfTI files through nibabel; DICOM series folders, NRRD and MetaImage files through SimpleITK, with the
+    ``x, y, z (, channels)`` shape and RAS affine that the bundles' readers give them.
+    """
     if not os.access(path, os.R_OK):
         problems.append(f"{path}: cannot be read: permission denied")
         return None
+    if Path(path).is_dir():
+        try:
+            dicom_series_files(path)
+        except ValueError as err:  # no series, or several: the message names the folder
+            problems.append(str(err).removesuffix("."))
+            return None
     try:
-        image = nib.load(path)
-        return tuple(image.shape), image.affine, np.asanyarray(image.dataobj)
-    except Exception as err:  # nibabel, gzip and zlib raise many types for broken files
+        if path.lower().endswith(NIFTI_SUFFIXES):
+            image = nib.load(path)
+            return tuple(image.shape), image.affine, np.asanyarray(image.dataobj)
+        data, meta = SimpleITKReader().get_data(read_scan(path))
+        return data.shape, meta["affine"], data
+    except Exception as err:  # nibabel, gzip, zlib and SimpleITK raise many types for broken files
         problems.append(f"{path}: {_read_problem(err)}")
         return None
 
@@ -262,7 +276,8 @@ def check_images(
     """Check images to segment, as :func:`check_dataset` checks training images; raise with every problem.
 
     Args:
-        datalist: ``{"image": path}`` dicts, e.g. from :func:`unet_med.bundle.datalists.image_datalist`.
+        datalist: ``{"image": path}`` dicts, e.g. from :func:`unet_med.bundle.datalists.image_datalist`: NIfTI,
+            NRRD or MetaImage files, or folders with one DICOM series.
         spatial_dims: the network's (see :class:`FileSpec`).
         in_channels: image channels the network takes.
         workers: files read at once.
@@ -274,7 +289,7 @@ def check_images(
 
     def check(item: dict[str, str]) -> list[str]:
         problems: list[str] = []
-        if not Path(item["image"]).is_file():
+        if not Path(item["image"]).exists():
             problems.append(f"{item['image']}: missing image")
         else:
             _check_image(item["image"], spec, problems)

@@ -107,8 +107,19 @@ def test_image_datalist_skips_hidden_files_and_names_an_empty_folder(tmp_path, s
     (tmp_path / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07")
     assert [Path(d["image"]).name for d in data.image_datalist(tmp_path)] == ["hippocampus_001.nii.gz"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=rf"no NIfTI images \(\.nii, \.nii\.gz\) in folder {tmp_path / 'empty'}"):
+    empty = f"in folder {tmp_path / 'empty'}"
+    with pytest.raises(ValueError, match=rf"no images \(\.nii, .* DICOM series folders\) {empty}"):
         data.image_datalist(tmp_path / "empty")
+
+
+def test_image_datalist_lists_every_scan_format_and_dicom_series_folders(scan_formats):
+    folder = scan_formats["nifti"].parent
+    listed = [Path(d["image"]).name for d in data.image_datalist(folder)]
+    assert listed == ["scan.mha", "scan.nii.gz", "scan.nrrd"]  # dicom/ holds a series folder, not a series
+    series = [{"image": str(scan_formats["dicom"])}]
+    assert data.image_datalist(folder / "dicom") == series  # its series folders
+    assert data.image_datalist(scan_formats["dicom"]) == series  # a series folder itself
+    assert data.image_datalist([scan_formats["dicom"], scan_formats["nrrd"]])[0] == series[0]
 
 
 def test_decathlon_datalist_names_every_missing_file(tmp_path, samples):

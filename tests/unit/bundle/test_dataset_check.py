@@ -169,6 +169,22 @@ def test_check_images_names_each_bad_input(tmp_path):
     ]
 
 
+def test_check_images_reads_every_scan_format_and_names_a_bad_one(scan_formats, tmp_path):
+    check_images([{"image": str(path)} for path in scan_formats.values()], spatial_dims=3)
+    truncated = tmp_path / "truncated.nrrd"
+    truncated.write_bytes(scan_formats["nrrd"].read_bytes()[:400])
+    not_dicom = tmp_path / "notes"
+    not_dicom.mkdir()
+    (not_dicom / "readme.txt").write_text("no scan here")
+    with pytest.raises(DatasetError) as error:
+        check_images([{"image": str(path)} for path in (truncated, not_dicom, scan_formats["dicom"])], spatial_dims=3)
+    assert len(error.value.problems) == 2
+    assert error.value.problems[0].startswith(f"{truncated}: cannot be read, corrupt or truncated (RuntimeError: ")
+    assert error.value.problems[1] == (
+        f"{not_dicom}: no DICOM series in this folder (expected the slice files of one series)"
+    )
+
+
 def test_command_line(tmp_path, capsys, samples):
     assert main([str(samples), "--num-classes", "3"]) == 0
     assert f"{samples}: 10 cases, no problems" in capsys.readouterr().out
