@@ -104,7 +104,8 @@ def plot_overlay(
     title = case
     if truth is not None:
         scores = dice_per_class(predicted, truth, num_classes)
-        title += "   Dice " + "  ".join(f"{name} {score:.3f}" for name, score in zip(names, scores, strict=True))
+        pairs = zip(names, scores, strict=True)
+        title += "   Dice of the case: " + "  ".join(f"{name} {score:.3f}" for name, score in pairs)
     where = ""
     if picture.ndim == 3:
         counts = (truth if truth is not None else predicted).reshape(-1, picture.shape[-1])

@@ -82,13 +82,19 @@ class EpochProgress:
 
 
 class _QuietConsole(logging.Filter):
-    """Passes warnings and errors, and the INFO lines a person reads; not the engines' routine messages."""
+    """Passes warnings and errors, and the INFO lines a person reads; not the engines' routine messages.
+
+    Ctrl-C makes every running ignite engine log ``... terminating due to exception: `` with the empty text of
+    the ``KeyboardInterrupt``: those errors say nothing and stay off the console too.
+    """
 
     def __init__(self, hide_iterations: bool) -> None:
         super().__init__()
         self.hidden = ("ignite.", ITERATION_LOGGER) if hide_iterations else ("ignite.",)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("ignite.") and record.getMessage().endswith("due to exception: "):
+            return False
         return record.levelno >= logging.WARNING or not record.name.startswith(self.hidden)
 
 

@@ -276,6 +276,8 @@ class TrainingReport:
         self._losses.append(loss)
         iteration = (engine.state.iteration - 1) % engine.state.epoch_length + 1
         self.progress.update(iteration, loss)
+        if iteration == engine.state.epoch_length:  # the bar is complete before the validation logs anything
+            self.progress.close()
 
     def _record_validation(self, validator: Workflow) -> None:
         metrics = validator.state.metrics

@@ -42,14 +42,16 @@ def test_run_log_keeps_engine_messages_and_iterations_off_the_console(tmp_path):
     root.setLevel(logging.INFO)
     seen = []
     console.emit = seen.append  # what the console would print
+    engine = logging.getLogger("ignite.engine.engine.SupervisedTrainer")
     try:
         log = RunLog(tmp_path / "training.log", hide_iterations=True)
-        logging.getLogger("ignite.engine.engine.SupervisedTrainer").info("Epoch[1] Complete.")
-        logging.getLogger("ignite.engine.engine.SupervisedTrainer").warning("a warning")
+        engine.info("Epoch[1] Complete.")
+        engine.warning("a warning")
+        engine.error("Engine run is terminating due to exception: ")  # what Ctrl-C makes ignite log
         logging.getLogger(ITERATION_LOGGER).info("Epoch: 1/2, Iter: 1/5 -- train_loss: 1.0")
         logging.getLogger("unet_med.bundle.report").info("epoch 1/2  loss 1.0000")
         log.close()
-        logging.getLogger("ignite.engine.engine.SupervisedTrainer").info("after the run")
+        engine.info("after the run")
     finally:
         root.removeHandler(console)
         root.setLevel(level)
