@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -21,41 +24,70 @@ INFER_CASES = "hippocampus_00[13].nii.gz"
 
 @pytest.fixture(scope="module", params=["2d", "3d"])
 def trained(request, tmp_path_factory, bundle_dirs, bundle_cli):
-    """Train a bundle for one short epoch (two training cases, one validation case) into a tmp folder."""
+    """Train a bundle for three short epochs (two training cases, one validation case) into a tmp folder.
+
+    With a validation interval of 2, epoch 2 is validated for the interval and epoch 3 for being the last.
+    Returns the bundle, the output folder and the run's stdout.
+    """
     bundle, out = bundle_dirs[request.param], tmp_path_factory.mktemp(f"bundle_{request.param}")
-    overrides = ["--epochs", "1", "--val_interval", "1", "--num_samples", "2", "--num_val", "1", "--amp", "false"]
+    overrides = ["--epochs", "3", "--val_interval", "2", "--num_samples", "1", "--num_val", "1", "--amp", "false"]
     overrides += ["--train#dataset#data", "$@datalists['training'][:2]"]
-    bundle_cli(bundle, "configs/train.yaml", out, "runs", *overrides, run_id="training")
-    return bundle, out
+    result = bundle_cli(bundle, "configs/train.yaml", out, "runs", *overrides, run_id="training")
+    return bundle, out, result.stdout
 
 
 def test_training_writes_best_model_and_report(trained):
-    bundle, out = trained
+    bundle, out, _ = trained
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     network_def = yaml.safe_load((bundle / "configs" / "train.yaml").read_text())["network_def"]
     kwargs = {k: v for k, v in network_def.items() if k != "_target_"} | {"out_channels": 3}
     UNet(**kwargs).load_state_dict(state)
     for name in ("learning_curves.png", "validation_overlay.png"):
         assert (out / "runs" / name).stat().st_size > 1000
-    rows = list(csv.DictReader((out / "runs" / "training_log.csv").open()))
-    assert len(rows) == 1 and 0.0 <= float(rows[0]["val_mean_dice"]) <= 1.0
     assert list((out / "runs").glob("events.out.tfevents.*"))
+    assert "Epoch: 3/3, Iter: 1/1 -- train_loss" in (out / "runs" / "training.log").read_text()
+
+
+def test_training_log_names_the_classes_and_validates_the_last_epoch(trained):
+    _, out, stdout = trained
+    with (out / "runs" / "training_log.csv").open() as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["epoch", "loss", "learning_rate", "dice Anterior", "dice Posterior", "val_mean_dice"]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert rows[0][3:] == ["", "", ""]  # epoch 1: not validated
+    for row in rows[1:]:  # epoch 2 by the interval, epoch 3 as the last
+        assert all(0.0 <= float(value) <= 1.0 for value in row[3:])
+    assert "Dice  Anterior " in stdout and "epoch 3/3  loss" in stdout
+    assert "training finished: 3 of 3 epochs" in stdout and "best validation Dice (epoch " in stdout
+    assert "next: evaluate  python -m monai.bundle run" in stdout
+
+
+def test_resuming_a_finished_run_says_so(trained, bundle_cli):
+    bundle, out, _ = trained
+    overrides = ["--epochs", "3", "--resume", "true", "--num_val", "1", "--amp", "false"]
+    result = bundle_cli(bundle, "configs/train.yaml", out, "runs", *overrides, run_id="training")
+    assert "nothing to train: the saved training state has finished all 3 of 3 epochs" in result.stdout
+    assert "best validation Dice (epoch " in result.stdout
 
 
 def test_evaluate_writes_dice_per_case_and_class(trained, bundle_cli):
-    bundle, out = trained
-    bundle_cli(bundle, "['configs/train.yaml','configs/evaluate.yaml']", out, "eval", "--num_val", "1")
-    raw = list(csv.reader((out / "eval" / "val_mean_dice_raw.csv").open()))
-    assert raw[0] == ["filename", "class0", "class1", "mean"] and len(raw) == 2
-    assert "hippocampus_" in raw[1][0] and all(0.0 <= float(v) <= 1.0 for v in raw[1][1:])
-    summary = list(csv.reader((out / "eval" / "val_mean_dice_summary.csv").open()))
-    assert summary[0][:2] == ["class", "mean"]
-    assert [row[0] for row in summary[1:]] == ["class0", "class1", "mean"]
-    assert "val_mean_dice" in (out / "eval" / "metrics.csv").read_text()
+    bundle, out, _ = trained
+    result = bundle_cli(bundle, "['configs/train.yaml','configs/evaluate.yaml']", out, "eval", "--num_val", "1")
+    per_case = list(csv.reader((out / "eval" / "dice_per_case.csv").open()))
+    assert per_case[0] == ["case", "Anterior", "Posterior", "mean"] and len(per_case) == 2
+    assert per_case[1][0].startswith("hippocampus_") and all(0.0 <= float(v) <= 1.0 for v in per_case[1][1:])
+    metrics = list(csv.reader((out / "eval" / "metrics.csv").open()))
+    assert metrics[0] == ["statistic", "Anterior", "Posterior", "mean"]
+    assert [row[0] for row in metrics[1:]] == ["mean", "median", "std", "min", "max"]
+    assert (out / "eval" / "dice_per_case.png").stat().st_size > 1000
+    assert "evaluated 1 cases  Dice  Anterior " in result.stdout
+    for table in out.rglob("*.csv"):  # every CSV of training and evaluation: plain numbers only
+        text = table.read_text()
+        assert "tensor" not in text and "[" not in text, table
 
 
 def test_inference_writes_labels_in_input_space(trained, bundle_cli, samples):
-    bundle, out = trained
+    bundle, out, _ = trained
     images = samples / "imagesTr"
     bundle_cli(bundle, "configs/inference.yaml", out, "pred", "--datalist", str(images / INFER_CASES))
     for case in ("hippocampus_001", "hippocampus_003"):
@@ -68,7 +100,7 @@ def test_inference_writes_labels_in_input_space(trained, bundle_cli, samples):
 
 
 def test_torchscript_export_runs(trained):
-    bundle, out = trained
+    bundle, out, _ = trained
     configs = bundle / "configs"
     ckpt_export(
         net_id="network_def",
@@ -82,3 +114,26 @@ def test_torchscript_export_runs(trained):
     with torch.no_grad():
         logits = net(torch.randn(1, 1, *shape["spatial_shape"]))
     assert logits.shape == (1, 3, *shape["spatial_shape"])
+
+
+def test_ctrl_c_prints_the_summary(tmp_path, bundle_dirs, child_env):
+    """SIGINT (what Ctrl-C sends) to a real training process in its second epoch: it ends with the summary."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    command += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"), "--epochs", "8"]
+    command += ["--val_interval", "1", "--batch_size", "1", "--num_samples", "1", "--num_val", "1", "--amp", "false"]
+    command += ["--train#dataset#data", "$@datalists['training'][:2]"]
+    output = []
+    with subprocess.Popen(command, cwd=bundle_dirs["3d"], env=child_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            output.append(line)
+            if "Epoch: 2/8, Iter: 1/2" in line:  # epoch 1 trained and validated, epoch 2 under way
+                process.send_signal(signal.SIGINT)
+                break
+        output += process.stdout.readlines()
+    text = "".join(output)
+    assert process.returncode != 0, text[-3000:]
+    assert "training interrupted after 1 of 8 epochs" in text and "continue it with --resume true" in text, text[-3000:]
+    assert "best validation Dice (epoch 1): Anterior " in text
+    assert f"model         {tmp_path / 'models' / 'model.pt'}" in text
+    assert (tmp_path / "runs" / "learning_curves.png").is_file()

@@ -21,7 +21,7 @@ from ignite import distributed as idist
 from monai.bundle import ConfigComponent
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardHandler
 
-from unet_med.bundle.handlers import TrainingReport
+from unet_med.bundle.report import TrainingReport
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -106,7 +106,7 @@ def rank_zero_only(target: str) -> bool:
 
     Args:
         target: the handler's ``_target_``, e.g. ``"TensorBoardStatsHandler"`` or
-            ``"unet_med.bundle.handlers.TrainingReport"``.
+            ``"unet_med.bundle.report.TrainingReport"``.
 
     Returns:
         ``True`` (skip it) on ranks other than 0, ``False`` on rank 0.

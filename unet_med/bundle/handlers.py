@@ -1,4 +1,4 @@
-"""The ignite handlers the bundles attach to MONAI's engines: checkpoints that survive a kill, and the report.
+"""The ignite handlers the bundles attach to MONAI's engines: checkpoints that survive a kill.
 
 - :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` with atomic files; the bundles save the best
   model (``models/model.pt``, a plain ``state_dict``) with it.
@@ -6,35 +6,29 @@
   and iteration, best metric) to one file after every epoch; :class:`WeightsOnlyCheckpointLoader` resumes
   from it, or loads any checkpoint, through MONAI's ``CheckpointLoader``; files are read with
   :func:`unet_med.bundle.io.load_checkpoint` (weights only).
-- :class:`TrainingReport` writes the per-epoch CSV and, at the end, the learning curves and a validation slice.
 """
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from ignite import distributed as idist
 from ignite.engine import Events
 from ignite.handlers.checkpoint import BaseSaveHandler
-from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from unet_med.bundle.figures import plot_learning_curves, plot_overlay
-from unet_med.bundle.io import CheckpointError, atomic_write, load_checkpoint, one_line, save_checkpoint
+from unet_med.bundle.io import CheckpointError, load_checkpoint, one_line, save_checkpoint
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
-    from monai.engines import Workflow
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
-    "TrainingReport",
     "TrainingStateSaver",
     "WeightsOnlyCheckpointLoader",
 ]
@@ -203,100 +197,3 @@ class WeightsOnlyCheckpointLoader(CheckpointLoader):
                 f"{self.load_path} does not fit the objects it is loaded into ({', '.join(self.load_dict)}): "
                 f"{one_line(err)}"
             ) from None
-
-
-class TrainingReport:
-    """Ignite handler that records a training run and draws it when the run ends.
-
-    Attached to a trainer, it writes after every epoch a row ``epoch, loss, <metric>`` to
-    ``output_dir/training_log.csv`` (the epoch's mean training loss and the validator's key metric when it ran
-    that epoch; a run resumed after epoch ``n`` keeps the rows up to ``n``), and when training completes
-    ``output_dir/learning_curves.png`` and ``output_dir/validation_overlay.png`` (one slice of the last
-    validation case with its prediction). List it after the trainer's ``ValidationHandler`` so that an epoch's
-    validation is done when its row is written.
-
-    Args:
-        validator: the evaluator that validates the trainer (its key metric and last output are read).
-        output_dir: where the files go; created when missing.
-        output_transform: maps the trainer's ``state.output`` to the loss of one iteration.
-        image_key: key of the image in the validator's post-processed output items.
-        pred_key: key of the prediction (one-hot, probabilities or labels; channel first).
-        label_key: key of the ground truth, or ``None`` to draw the prediction only.
-    """
-
-    def __init__(
-        self,
-        validator: Workflow,
-        output_dir: str | os.PathLike,
-        output_transform: Callable = from_engine(["loss"], first=True),  # noqa: B008
-        image_key: str = "image",
-        pred_key: str = "pred",
-        label_key: str | None = "label",
-    ) -> None:
-        self.validator = validator
-        self.output_dir = Path(output_dir)
-        self.output_transform = output_transform
-        self.keys = (image_key, pred_key, label_key)
-        self.history: list[dict[str, float]] = []
-        self._losses: list[float] = []
-        self._metric: float | None = None
-        self._sample: dict | None = None
-
-    @property
-    def metric_name(self) -> str:
-        """Name of the validator's key metric."""
-        return self.validator.state.key_metric_name or "metric"
-
-    def attach(self, engine: Engine) -> None:
-        """Record ``engine``'s losses and the validator's results, and report when ``engine`` completes."""
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._end_epoch)
-        engine.add_event_handler(Events.COMPLETED, self.write_figures)
-        self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._record_validation)
-
-    def _record_loss(self, engine: Engine) -> None:
-        self._losses.append(float(self.output_transform(engine.state.output)))
-
-    def _record_validation(self, validator: Workflow) -> None:
-        self._metric = validator.state.metrics.get(self.metric_name)
-        output = validator.state.output
-        self._sample = output[-1] if isinstance(output, list) else None
-
-    @property
-    def log_path(self) -> Path:
-        """The per-epoch CSV."""
-        return self.output_dir / "training_log.csv"
-
-    def _earlier_rows(self, epoch: int) -> list[dict[str, float]]:
-        """The rows of the epochs before ``epoch`` in an existing log: a resumed run continues it."""
-        if epoch == 1 or not self.log_path.is_file():
-            return []
-        with self.log_path.open(newline="") as file:
-            rows = [{key: float(v) if v else None for key, v in row.items()} for row in csv.DictReader(file)]
-        return [{**row, "epoch": int(row["epoch"])} for row in rows if row["epoch"] < epoch]
-
-    def _end_epoch(self, engine: Engine) -> None:
-        if not self.history:
-            self.history = self._earlier_rows(engine.state.epoch)
-        loss = float(np.mean(self._losses))
-        row = {"epoch": engine.state.epoch, "loss": loss, self.metric_name: self._metric}
-        self.history.append(row)
-        self._losses, self._metric = [], None
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.log_path) as partial, partial.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(self.history)
-
-    def write_figures(self, engine: Engine | None = None) -> None:
-        """Write ``learning_curves.png`` and, after a validation, ``validation_overlay.png``."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        plot_learning_curves(self.history, self.output_dir / "learning_curves.png", self.metric_name)
-        if self._sample is not None:
-            image_key, pred_key, label_key = self.keys
-            plot_overlay(
-                self._sample[image_key],
-                self._sample[pred_key],
-                self.output_dir / "validation_overlay.png",
-                None if label_key is None else self._sample.get(label_key),
-            )

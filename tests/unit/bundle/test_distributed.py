@@ -10,11 +10,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import DistributedSampler
-from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler, TensorBoardStatsHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHandler
 from torch.nn.parallel import DistributedDataParallel
 
 from unet_med.bundle import distributed
-from unet_med.bundle.handlers import TrainingReport
+from unet_med.bundle.report import TrainingReport
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_multi_gpu_configs_build(name, kind, one_process_group, tmp_path, bundle
         assert isinstance(trainer.network, DistributedDataParallel)
         handlers = [type(h) for h in workflow.parser.get_parsed_content("train#handlers")]
         handlers += [type(h) for h in workflow.parser.get_parsed_content("validate#handlers")]
-        expected = {StatsHandler, TensorBoardStatsHandler, TrainingReport, CheckpointSaver}
+        expected = {TensorBoardStatsHandler, TrainingReport, CheckpointSaver}
         assert all(any(issubclass(h, kind) for h in handlers) for kind in expected)  # rank 0 keeps them
         assert (CheckpointLoader in handlers) == (kind == "monailabel")
     finally:

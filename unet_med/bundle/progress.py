@@ -1,0 +1,141 @@
+"""What a training run shows while it runs: a progress bar per epoch, or plain lines, and its log file.
+
+:class:`EpochProgress` draws one tqdm bar per epoch (iterations, running mean loss, seconds per iteration,
+time left) or, in ``lines`` mode, logs one line per iteration as MONAI's ``StatsHandler`` does.
+:class:`RunLog` copies every log record of the run into a file and keeps the console to what a person reads:
+the engines' routine messages and the per-iteration lines (when a bar shows them) go to the file only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+__all__ = ["ITERATION_LOGGER", "PROGRESS_MODES", "EpochProgress", "RunLog", "progress_mode"]
+
+PROGRESS_MODES = ("auto", "bar", "lines")
+ITERATION_LOGGER = "unet_med.bundle.iterations"
+"""The logger of the per-iteration lines."""
+FILE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+def progress_mode(progress: str, stream: TextIO | None = None) -> str:
+    """Resolve the ``progress`` option: ``bar``, ``lines``, or ``auto`` (a bar on a terminal, else lines).
+
+    Args:
+        progress: one of :data:`PROGRESS_MODES`.
+        stream: the console stream checked by ``auto``; ``sys.stdout`` by default.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"--progress is {progress!r}: expected one of {', '.join(PROGRESS_MODES)}.")
+    if progress != "auto":
+        return progress
+    stream = sys.stdout if stream is None else stream
+    return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
+
+
+class EpochProgress:
+    """A tqdm bar per epoch, or one log line per iteration.
+
+    Args:
+        mode: ``bar`` or ``lines`` (see :func:`progress_mode`).
+        stream: where the bar is drawn; ``sys.stdout`` (the console log's stream) by default.
+    """
+
+    def __init__(self, mode: str, stream: TextIO | None = None) -> None:
+        self.mode = mode
+        self.stream = stream
+        self.logger = logging.getLogger(ITERATION_LOGGER)
+        self._bar = None
+        self._losses: list[float] = []
+
+    def start(self, epoch: int, max_epochs: int, iterations: int) -> None:
+        """Begin the bar of ``epoch`` (1-based) of ``max_epochs``, which has ``iterations`` iterations."""
+        self.close()
+        self._losses = []
+        self._epoch = (epoch, max_epochs, iterations)
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=iterations, desc=f"epoch {epoch}/{max_epochs}", unit="it", leave=True,
+                             file=self.stream or sys.stdout, dynamic_ncols=True)
+
+    def update(self, iteration: int, loss: float) -> None:
+        """Record iteration ``iteration`` (1-based, within the epoch) and its loss."""
+        self._losses.append(loss)
+        epoch, max_epochs, iterations = self._epoch
+        self.logger.info(f"Epoch: {epoch}/{max_epochs}, Iter: {iteration}/{iterations} -- train_loss: {loss:.4f}")
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {sum(self._losses) / len(self._losses):.4f}", refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Finish the current bar, if one is drawn."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _QuietConsole(logging.Filter):
+    """Passes warnings and errors, and the INFO lines a person reads; not the engines' routine messages.
+
+    Ctrl-C makes every running ignite engine log ``... terminating due to exception: `` with the empty text of
+    the ``KeyboardInterrupt``: those errors say nothing and stay off the console too.
+    """
+
+    def __init__(self, hide_iterations: bool) -> None:
+        super().__init__()
+        self.hidden = ("ignite.", ITERATION_LOGGER) if hide_iterations else ("ignite.",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("ignite.") and record.getMessage().endswith("due to exception: "):
+            return False
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.hidden)
+
+
+class RunLog:
+    """Copies every log record into ``path`` and quiets the console handlers of the root logger.
+
+    The console (the root logger's stream handlers, as the bundles' ``logging.conf`` sets them up) keeps
+    warnings, errors and the report's lines; the ignite engines' routine INFO messages ("Epoch[1] Complete",
+    "Saved the training state ...") and, with ``hide_iterations``, the per-iteration lines are written to the
+    file alone. :meth:`close` restores the console and closes the file.
+
+    Args:
+        path: the log file; appended to, so that a resumed run continues it.
+        hide_iterations: keep the per-iteration lines off the console (a progress bar shows them).
+    """
+
+    def __init__(self, path: str | Path, hide_iterations: bool) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        root = logging.getLogger()
+        self._file = logging.FileHandler(self.path, encoding="utf-8")
+        self._file.setFormatter(logging.Formatter(FILE_FORMAT))
+        self._file.setLevel(logging.INFO)
+        self._filter = _QuietConsole(hide_iterations)
+        self._consoles = [
+            handler for handler in root.handlers
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr)
+        ]
+        for handler in self._consoles:
+            handler.addFilter(self._filter)
+        root.addHandler(self._file)
+        self._level = root.level
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        logging.getLogger(ITERATION_LOGGER).setLevel(logging.INFO)
+
+    def close(self) -> None:
+        """Stop copying records to the file and give the console back its usual messages."""
+        root = logging.getLogger()
+        root.removeHandler(self._file)
+        root.setLevel(self._level)
+        self._file.close()
+        for handler in self._consoles:
+            handler.removeFilter(self._filter)
