@@ -118,7 +118,7 @@ class OverlapTileInferer(Inferer):
             The stitched output, ``(B, C_out, *S)``.
         """
         spatial_dims = inputs.dim() - 2
-        network_geometry = self.geometry or geometry_of(network, spatial_dims)
+        network_geometry = self.geometry if self.geometry is not None else geometry_of(network, spatial_dims)
         if spatial_dims not in (2, 3) or spatial_dims != network_geometry.spatial_dims:
             raise ValueError(
                 f"expected inputs (batch, channels, *spatial) for this network, got {tuple(inputs.shape)}."

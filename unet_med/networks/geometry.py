@@ -80,6 +80,9 @@ class UNetGeometry:
     strides: tuple[tuple[int, ...], ...]
     kernel_sizes: tuple[tuple[int, ...], ...]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conv_mode", ConvMode.parse(self.conv_mode))  # "valid" from YAML works too
+
     @classmethod
     def build(
         cls,
