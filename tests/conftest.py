@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 import subprocess
 import sys
@@ -12,6 +13,18 @@ import pytest
 import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
 ROOT = Path(__file__).resolve().parents[1]
+INTERPRETER_LOCALE = locale.setlocale(locale.LC_ALL)
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_locale() -> None:
+    """Starts each test in the C library's locale of the interpreter's start.
+
+    GDCM's DICOM writer (SimpleITK writing the test scans, in session fixtures too) leaves the locale at "C", which
+    turns Python's default text encoding into ASCII for every later test (``torch.compile`` reads its UTF-8
+    templates with it). Function fixtures are set up after the session's, so this one runs after any writer.
+    """
+    locale.setlocale(locale.LC_ALL, INTERPRETER_LOCALE)
 
 
 @pytest.fixture(scope="session")
