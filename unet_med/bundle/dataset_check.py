@@ -30,11 +30,12 @@ import nibabel as nib
 import numpy as np
 
 from unet_med.bundle.datalists import NIFTI_SUFFIXES, decathlon_datalist, label_names
+from unet_med.bundle.errors import BundleError
 
 __all__ = ["DatasetError", "check_dataset", "check_images", "main"]
 
 
-class DatasetError(ValueError):
+class DatasetError(BundleError):
     """Problems found in a dataset, one ``<path>: <problem>`` line each.
 
     Args:

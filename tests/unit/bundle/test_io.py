@@ -16,13 +16,36 @@ class Payload:
     """A class a checkpoint might pickle: loading it would run code of the file's choosing."""
 
 
+class SystemCall:
+    """Pickles as a call of ``os.system(command)``: what a malicious checkpoint holds."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
+
+
 def test_pickled_objects_are_refused_with_the_file_named(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"model": torch.nn.Linear(2, 2).state_dict(), "extra": Payload()}, path)
     with pytest.raises(CheckpointError, match=re.escape(f"{path} is refused")) as error:
         load_checkpoint(path)
-    assert "test_io.Payload" in str(error.value) and "weights_only=True" in str(error.value)
-    assert "\n" not in str(error.value)
+    message = str(error.value)
+    assert "test_io.Payload" in message and "refused for safety" in message and "not weights" in message
+    assert "\n" not in message and "truncated" not in message and "weights_only" not in message
+
+
+def test_a_pickled_call_is_refused_and_never_run(tmp_path):
+    """A payload that calls os.system when unpickled: refused as unsafe, not called "truncated"."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    torch.save({"model": SystemCall(f"touch {marker}")}, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} is refused for safety")) as error:
+        load_checkpoint(path)
+    assert "os.system" in str(error.value) or "posix.system" in str(error.value)
+    assert "truncated" not in str(error.value) and "weights_only" not in str(error.value)
+    assert not marker.exists()
 
 
 def test_missing_truncated_and_foreign_files_are_named(tmp_path):
