@@ -89,7 +89,8 @@ def decathlon_datalist(
         One dict per case, ``{"image": "/abs/imagesTr/x.nii.gz", "label": "/abs/labelsTr/x.nii.gz"}``.
 
     Raises:
-        BundleError (a ``ValueError``): if the description, the section or a listed file is missing, or the section is empty.
+        BundleError (a ``ValueError``): if the description, the section or a listed file is missing, or the
+            section is empty.
     """
     path = _dataset_json_path(dataset)
     root = path.parent.resolve()
@@ -102,7 +103,7 @@ def decathlon_datalist(
         for key in keys:
             if key not in item:
                 raise BundleError(f"a case in section '{section}' of {path} has no '{key}': {item}.")
-            file = (root / item[key]).resolve()
+            file = Path(os.path.normpath(root / item[key]))  # a symbolic link is named, not its target
             if not file.is_file():
                 missing.append(str(file))
             item[key] = str(file)
@@ -246,8 +247,8 @@ def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = (
         datalist: the inputs, dicts whose ``"image"`` is a file path (none for a training run's folders).
 
     Raises:
-        BundleError (a ``ValueError``): if the folder cannot be created or written, is the folder of one of the images, or two
-            images would give the same output file.
+        BundleError (a ``ValueError``): if the folder cannot be created or written, is the folder of one of the
+            images, or two images would give the same output file.
     """
     target = Path(output_dir).resolve()
     _check_writable(target)

@@ -18,7 +18,8 @@ import os
 import pickle
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "load_checkpoint",
+    "move_aside",
     "one_line",
     "save_checkpoint",
 ]
@@ -89,6 +91,31 @@ class AtomicNibabelWriter(NibabelWriter):
             logger.info(f"writing: {filename}")
         with atomic_write(filename) as partial:
             super().write(partial, verbose=False, **obj_kwargs)
+
+
+def move_aside(paths: Sequence[str | os.PathLike], when: float | None = None) -> list[Path]:
+    """Move files into ``previous/<time>/`` beside them, so that a new run does not overwrite them.
+
+    Args:
+        paths: existing files.
+        when: the time that names the folder (seconds since the epoch); by default the newest file's
+            modification time, i.e. when the previous run last wrote.
+
+    Returns:
+        The new paths.
+    """
+    paths = [Path(path) for path in paths]
+    if not paths:
+        return []
+    when = max(path.stat().st_mtime for path in paths) if when is None else when
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    moved = []
+    for path in paths:
+        target = path.parent / "previous" / stamp / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 class CheckpointError(BundleError):

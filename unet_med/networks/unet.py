@@ -152,6 +152,7 @@ class UNet(nn.Module):
         )
         _initialise(self, init)
         self.register_load_state_dict_pre_hook(_match_auxiliary_heads)
+        self.instance_norm = any(isinstance(module, nn.modules.instancenorm._InstanceNorm) for module in self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segments ``x``.
@@ -213,9 +214,33 @@ class UNet(nn.Module):
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != expected_channels:
             axes = ", ".join(["size"] * self.spatial_dims)
             raise ValueError(f"expected an input of shape (batch, {expected_channels}, {axes}), got {tuple(x.shape)}.")
+        self.check_input_size(list(x.shape[2:]))
+
+    @torch.jit.unused
+    def check_input_size(self, spatial_size: Sequence[int], training: bool | None = None) -> None:
+        """Raises a ``ValueError`` for a spatial input size this network cannot take.
+
+        In valid mode each size must be one of :func:`~unet_med.networks.sizing.valid_input_sizes`. In same mode
+        any size works, with one limit: in training, instance normalisation needs more than one voxel in the
+        coarsest feature map, whose size per axis is the input's divided by ``2 ** (depth - 1)``, rounded up.
+
+        Args:
+            spatial_size: the input's size per spatial axis, in voxels.
+            training: check for training (``True``) or inference; by default the module's mode.
+        """
         if self.conv_mode == "valid":
-            for size in x.shape[2:]:
+            for size in spatial_size:
                 sizing.valid_output_size(size, self.depth, self.kernel_size)
+            return
+        step = 1 << (self.depth - 1)
+        if (self.training if training is None else training) and self.instance_norm:
+            if all(size <= step for size in spatial_size):
+                size = " x ".join(map(str, spatial_size))
+                raise ValueError(
+                    f"an input of {size} voxels leaves a coarsest feature map of one voxel after {self.depth - 1} "
+                    f"poolings, which instance normalisation cannot normalise in training: give at least one axis "
+                    f"more than {step} voxels."
+                )
 
 
 def _match_auxiliary_heads(
