@@ -6,7 +6,9 @@ training configs call :func:`lock_folders` on their output folders before they b
 two processes racing for it, one wins), and deletes it when the process exits. A second training finds the
 lock and is refused with one line naming the owner. A lock left by a killed process (``SIGKILL`` runs no exit
 code) names a pid that no longer runs on this host: it is reported and taken over. A lock of another host
-cannot be checked from here and is refused; its message says to delete the file once that run is over.
+cannot be checked from here and is refused; its message says to delete the file once that run is over. A folder
+made for the lock is removed again at exit if nothing was written to it (a run refused for bad data leaves no
+trace).
 
 Holding the lock, the owner also deletes the ``.partial-*`` files that killed writes left in its folders
 (see :func:`unet_med.bundle.io.atomic_write`): no other process can be writing them.
@@ -33,7 +35,7 @@ __all__ = ["LOCK_NAME", "lock_folders", "release"]
 
 LOCK_NAME = ".unet-med.lock"
 logger = logging.getLogger(__name__)
-_held: list[Path] = []
+_held: list[tuple[Path, bool]] = []  # the locks held, each with whether its folder was made for it
 
 
 def _owner() -> dict:
@@ -78,6 +80,7 @@ def _create(lock: Path, owner: dict) -> bool:
 
 def _acquire(folder: Path, owner: dict) -> None:
     lock = folder / LOCK_NAME
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     while not _create(lock, owner):
         holder = _read(lock)
@@ -102,8 +105,8 @@ def _acquire(folder: Path, owner: dict) -> None:
             f"{lock}: another training ({where}, started {holder.get('started')}) writes to {folder}; wait for it "
             f"to end or give this one other --ckpt_dir/--output_dir{advice}."
         )
-    if lock not in _held:
-        _held.append(lock)
+    if all(held != lock for held, _ in _held):
+        _held.append((lock, made))
 
 
 def _remove_partials(folder: Path) -> None:
@@ -139,12 +142,14 @@ def lock_folders(folders: Sequence[str | os.PathLike]) -> None:
 
 
 def release() -> None:
-    """Delete the locks this process holds (at exit, or when a run in a longer-lived process ends)."""
+    """Delete the locks this process holds, and the folders made for them that stayed empty (a run refused)."""
     while _held:
-        lock = _held.pop()
+        lock, made = _held.pop()
         holder = _read(lock)
         if holder is not None and holder["pid"] == os.getpid():
             lock.unlink(missing_ok=True)
+            if made and not any(lock.parent.iterdir()):
+                lock.parent.rmdir()
 
 
 atexit.register(release)

@@ -80,7 +80,7 @@ def check_patch_size(patch_size: Any, network: torch.nn.Module) -> list[int]:
             f"the {spatial_dims}D network), such as {example}."
         )
     try:
-        network.check_input_size(list(patch_size), training=True)
+        network.check_input_size(list(patch_size))
     except ValueError as err:
         raise BundleError(f"--patch_size {list(patch_size)}: {err}") from None
     return list(patch_size)

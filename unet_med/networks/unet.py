@@ -217,30 +217,29 @@ class UNet(nn.Module):
         self.check_input_size(list(x.shape[2:]))
 
     @torch.jit.unused
-    def check_input_size(self, spatial_size: Sequence[int], training: bool | None = None) -> None:
+    def check_input_size(self, spatial_size: Sequence[int]) -> None:
         """Raises a ``ValueError`` for a spatial input size this network cannot take.
 
         In valid mode each size must be one of :func:`~unet_med.networks.sizing.valid_input_sizes`. In same mode
-        any size works, with one limit: in training, instance normalisation needs more than one voxel in the
-        coarsest feature map, whose size per axis is the input's divided by ``2 ** (depth - 1)``, rounded up.
+        any size works, with one limit: instance normalisation (which normalises each map with its own
+        statistics, in training and inference) needs more than one voxel in the coarsest feature map, whose size
+        per axis is the input's divided by ``2 ** (depth - 1)``, rounded up.
 
         Args:
             spatial_size: the input's size per spatial axis, in voxels.
-            training: check for training (``True``) or inference; by default the module's mode.
         """
         if self.conv_mode == "valid":
             for size in spatial_size:
                 sizing.valid_output_size(size, self.depth, self.kernel_size)
             return
         step = 1 << (self.depth - 1)
-        if (self.training if training is None else training) and self.instance_norm:
-            if all(size <= step for size in spatial_size):
-                size = " x ".join(map(str, spatial_size))
-                raise ValueError(
-                    f"an input of {size} voxels leaves a coarsest feature map of one voxel after {self.depth - 1} "
-                    f"poolings, which instance normalisation cannot normalise in training: give at least one axis "
-                    f"more than {step} voxels."
-                )
+        if self.instance_norm and all(size <= step for size in spatial_size):
+            size = " x ".join(map(str, spatial_size))
+            raise ValueError(
+                f"an input of {size} voxels leaves a coarsest feature map of one voxel after {self.depth - 1} "
+                f"poolings, which instance normalisation cannot normalise: give at least one axis more than {step} "
+                "voxels."
+            )
 
 
 def _match_auxiliary_heads(
