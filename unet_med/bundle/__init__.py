@@ -7,4 +7,7 @@
 - :mod:`~unet_med.bundle.io`: atomic file writes and weights-only checkpoint files.
 - :mod:`~unet_med.bundle.distributed`: the multi-GPU configs' device, process group and rank-0 handlers.
 - :mod:`~unet_med.bundle.flags`: command-line flags read as the user means them.
+- :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.
+- :mod:`~unet_med.bundle.errors`: user errors, shown as one line at the command line.
+- :mod:`~unet_med.bundle.lock`: one training at a time per output folder.
 """
