@@ -6,6 +6,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.handlers import AtomicCheckpointSaver, TrainingStateSaver, WeightsOnlyCheckpointLoader
 from unet_med.bundle.io import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -90,3 +91,46 @@ def test_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
     best_once, best_twice = load_checkpoint(once / "model.pt"), load_checkpoint(twice / "model.pt")
     assert best_once.keys() == {"weight", "bias"}
     assert all(torch.equal(best_once[key], best_twice[key]) for key in best_once)
+
+
+def schedule_after_one_epoch(folder, total_iters: int) -> tuple[Engine, torch.optim.lr_scheduler.PolynomialLR]:
+    """A one-epoch run of a ``total_iters``-epoch schedule, saved as the bundles save it, and a fresh copy."""
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_iters, power=0.9)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    TrainingStateSaver(folder / "latest.pt", {"optimizer": optimizer, "lr_scheduler": scheduler}).attach(trainer)
+    return trainer, scheduler
+
+
+def resume(folder, max_epochs: int) -> tuple[Engine, torch.optim.lr_scheduler.PolynomialLR]:
+    """Resume the saved run with a schedule built for ``max_epochs``; returns the trainer and the scheduler."""
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_epochs, power=0.9)
+    trainer = Engine(lambda engine, batch: None)
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: seen.append(optimizer.param_groups[0]["lr"]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    state = {"optimizer": optimizer, "lr_scheduler": scheduler}
+    WeightsOnlyCheckpointLoader(folder / "latest.pt", state, engine_key="trainer").attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    trainer.state.rates = seen
+    return trainer, scheduler
+
+
+def test_resuming_with_more_epochs_stretches_the_schedule(tmp_path):
+    trainer, scheduler = schedule_after_one_epoch(tmp_path, total_iters=1)
+    trainer.run([0], max_epochs=1)
+    assert scheduler.get_last_lr() == [0.0]  # the finished one-epoch schedule
+    resumed, stretched = resume(tmp_path, max_epochs=3)
+    assert resumed.state.epoch == 3 and stretched.total_iters == 3
+    assert resumed.state.rates == pytest.approx([0.1 * (2 / 3) ** 0.9, 0.1 * (1 / 3) ** 0.9])
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path):
+    trainer, _ = schedule_after_one_epoch(tmp_path, total_iters=3)
+    trainer.run([0], max_epochs=2)
+    with pytest.raises(BundleError, match=r"^--epochs 1: .*latest\.pt has already trained 2 epochs; pass --epochs 3"):
+        resume(tmp_path, max_epochs=1)

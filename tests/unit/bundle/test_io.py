@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 
 import pytest
 import torch
 
-from unet_med.bundle.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from unet_med.bundle.io import CheckpointError, atomic_write, load_checkpoint, move_aside, save_checkpoint
 
 
 class Payload:
@@ -63,7 +64,6 @@ def test_missing_truncated_and_foreign_files_are_named(tmp_path):
     assert torch.equal(load_checkpoint(good)["weight"], torch.ones(1000))
 
 
-
 def test_failed_write_leaves_nothing_and_success_keeps_usual_permissions(tmp_path):
     target = tmp_path / "state.pt"
     with pytest.raises(RuntimeError, match="interrupted"), atomic_write(target) as partial:
@@ -77,3 +77,18 @@ def test_failed_write_leaves_nothing_and_success_keeps_usual_permissions(tmp_pat
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_move_aside_keeps_files_under_previous_and_the_time_of_the_last_write(tmp_path):
+    log, model = tmp_path / "runs" / "training_log.csv", tmp_path / "models" / "model.pt"
+    for path, text in ((log, "epoch\n1\n"), (model, "weights")):
+        path.parent.mkdir()
+        path.write_text(text)
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    moved = move_aside([log, model])
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1_700_000_000))
+    assert moved == [
+        tmp_path / "runs" / "previous" / stamp / "training_log.csv",
+        tmp_path / "models" / "previous" / stamp / "model.pt",
+    ]
+    assert moved[0].read_text() == "epoch\n1\n" and not log.exists() and not model.exists()
