@@ -128,7 +128,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         """Record that the file on disk scored ``score`` (at ``epoch``): only a better model replaces it."""
         if self._key_metric_checkpoint is not None:
             filename = self._key_metric_checkpoint.save_handler.filename or "model.pt"
-            self._key_metric_checkpoint.load_state_dict({"saved": [(score, filename)]})
+            record = self._key_metric_checkpoint.state_dict()  # {"_saved": [(priority, filename), ...]}
+            self._key_metric_checkpoint.load_state_dict({key: [(score, filename)] for key in record})
         if self._engine is not None:
             self._engine.state.best_metric = score
             self._engine.state.best_metric_epoch = epoch
