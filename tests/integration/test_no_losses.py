@@ -130,7 +130,7 @@ def value(text):
 
 writes = {"state": 0, "records": 0}
 def profile(frame, event, arg):
-    if event == "call" and frame.f_code.co_name == "atomic_write":
+    if event == "call" and frame.f_code.co_name == "save_checkpoint":
         writes["state"] += str(frame.f_locals.get("path", "")).endswith("checkpoint_latest.pt")
     if event == "c_call" and arg.__name__ == "write_record" and writes["state"] == 2:
         writes["records"] += 1
