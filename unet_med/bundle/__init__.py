@@ -13,4 +13,7 @@
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
 - :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
 - :mod:`~unet_med.bundle.transforms`: ``IsolatedSpacingd``, the inference configs' resampling, safe in MONAI Label.
+- :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.
+- :mod:`~unet_med.bundle.errors`: user errors, shown as one line at the command line.
+- :mod:`~unet_med.bundle.lock`: one training at a time per output folder.
 """

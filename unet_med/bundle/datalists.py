@@ -18,6 +18,7 @@ from pathlib import Path
 
 from monai.data.utils import create_file_basename
 
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.readers import SCAN_SUFFIXES, is_scan
 
 __all__ = [
@@ -39,10 +40,10 @@ def _dataset_json_path(dataset: str | os.PathLike) -> Path:
     path = Path(dataset)
     if path.is_dir():
         if not any(entry for entry in path.iterdir() if not entry.name.startswith(".")):
-            raise ValueError(f"dataset folder {path} is empty: expected imagesTr/, labelsTr/ and {DATASET_JSON}.")
+            raise BundleError(f"dataset folder {path} is empty: expected imagesTr/, labelsTr/ and {DATASET_JSON}.")
         path = path / DATASET_JSON
     if not path.is_file():
-        raise ValueError(f"no Decathlon dataset description at {path}: expected a folder with {DATASET_JSON}")
+        raise BundleError(f"no Decathlon dataset description at {path}: expected a folder with {DATASET_JSON}")
     return path
 
 
@@ -56,15 +57,15 @@ def load_dataset_json(dataset: str | os.PathLike) -> dict:
         The parsed JSON object.
 
     Raises:
-        ValueError: if the folder or the file is missing, or the file is not a JSON object.
+        BundleError (a ``ValueError``): if the folder or the file is missing, or the file is not a JSON object.
     """
     path = _dataset_json_path(dataset)
     try:
         content = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise BundleError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(content, dict):
-        raise ValueError(f"{path} must hold a JSON object, found {type(content).__name__}.")
+        raise BundleError(f"{path} must hold a JSON object, found {type(content).__name__}.")
     return content
 
 
@@ -88,26 +89,27 @@ def decathlon_datalist(
         One dict per case, ``{"image": "/abs/imagesTr/x.nii.gz", "label": "/abs/labelsTr/x.nii.gz"}``.
 
     Raises:
-        ValueError: if the description, the section or a listed file is missing, or the section is empty.
+        BundleError (a ``ValueError``): if the description, the section or a listed file is missing, or the
+            section is empty.
     """
     path = _dataset_json_path(dataset)
     root = path.parent.resolve()
     items = load_dataset_json(path).get(section)
     if not items:
-        raise ValueError(f"{path} has no cases in section '{section}'.")
+        raise BundleError(f"{path} has no cases in section '{section}'.")
     datalist, missing = [], []
     for item in items:
         item = {"image": item} if isinstance(item, str) else dict(item)
         for key in keys:
             if key not in item:
-                raise ValueError(f"a case in section '{section}' of {path} has no '{key}': {item}.")
-            file = (root / item[key]).resolve()
+                raise BundleError(f"a case in section '{section}' of {path} has no '{key}': {item}.")
+            file = Path(os.path.normpath(root / item[key]))  # a symbolic link is named, not its target
             if not file.is_file():
                 missing.append(str(file))
             item[key] = str(file)
         datalist.append(item)
     if check_files and missing:
-        raise ValueError(f"{path} lists {len(missing)} file(s) that do not exist: {', '.join(missing)}.")
+        raise BundleError(f"{path} lists {len(missing)} file(s) that do not exist: {', '.join(missing)}.")
     return datalist
 
 
@@ -126,14 +128,14 @@ def split_datalist(
         ``(training, validation)``, each in the datalist's order.
 
     Raises:
-        ValueError: if the split leaves no training or no validation case.
+        BundleError (a ``ValueError``): if the split leaves no training or no validation case.
     """
     if num_val is None:
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
+            raise BundleError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
         num_val = max(1, round(val_fraction * len(datalist)))
     if not 0 < num_val < len(datalist):
-        raise ValueError(f"cannot hold out {num_val} of {len(datalist)} cases and keep some for training.")
+        raise BundleError(f"cannot hold out {num_val} of {len(datalist)} cases and keep some for training.")
     val_index = set(random.Random(seed).sample(range(len(datalist)), num_val))
     training = [item for i, item in enumerate(datalist) if i not in val_index]
     validation = [item for i, item in enumerate(datalist) if i in val_index]
@@ -173,15 +175,15 @@ def label_names(dataset: str | os.PathLike) -> dict[int, str]:
         ``{0: "background", 1: "Anterior", ...}``, keyed by label value.
 
     Raises:
-        ValueError: if the file has no ``labels`` section, or its keys are not integers.
+        BundleError (a ``ValueError``): if the file has no ``labels`` section, or its keys are not integers.
     """
     labels = load_dataset_json(dataset).get("labels")
     if not labels or not isinstance(labels, dict):
-        raise ValueError(f"{_dataset_json_path(dataset)} has no 'labels' section.")
+        raise BundleError(f"{_dataset_json_path(dataset)} has no 'labels' section.")
     try:
         return {int(value): name for value, name in labels.items()}
     except ValueError:
-        raise ValueError(
+        raise BundleError(
             f"the 'labels' of {_dataset_json_path(dataset)} must map label values to names, such as "
             f'{{"0": "background", "1": "tumour"}}; found keys {list(labels)}.'
         ) from None
@@ -202,7 +204,7 @@ def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         One dict per scan, sorted by path.
 
     Raises:
-        ValueError: if nothing matches or a listed path does not exist.
+        BundleError (a ``ValueError``): if nothing matches or a listed path does not exist.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -211,7 +213,7 @@ def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> l
             if not files and is_scan(path):
                 files = [str(path)]
             if not files:
-                raise ValueError(
+                raise BundleError(
                     f"no images ({', '.join(SCAN_SUFFIXES)} files or DICOM series folders) in folder {path}."
                 )
         elif path.is_file():
@@ -219,12 +221,12 @@ def image_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         else:
             files = glob.glob(str(source))
         if not files:
-            raise ValueError(f"no images found at {source}.")
+            raise BundleError(f"no images found at {source}.")
     else:
         files = [str(file) for file in source]
         missing = [file for file in files if not Path(file).exists()]
         if missing or not files:
-            raise ValueError(f"image files missing: {missing or 'an empty list was given'}.")
+            raise BundleError(f"image files missing: {missing or 'an empty list was given'}.")
     return [{"image": str(Path(file).resolve())} for file in sorted(files)]
 
 
@@ -232,12 +234,12 @@ def _check_writable(folder: Path) -> None:
     """Refuse a folder that cannot be created or written, without creating it."""
     existing = next(path for path in (folder, *folder.parents) if path.exists())
     if not existing.is_dir():
-        raise ValueError(f"output folder {folder} cannot be created: {existing} is a file.")
+        raise BundleError(f"output folder {folder} cannot be created: {existing} is a file.")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise ValueError(f"output folder {folder} cannot be written: {err.strerror} in {existing}.") from None
+        raise BundleError(f"output folder {folder} cannot be written: {err.strerror} in {existing}.") from None
 
 
 def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = ()) -> None:
@@ -253,8 +255,8 @@ def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = (
         datalist: the inputs, dicts whose ``"image"`` is a file path (none for a training run's folders).
 
     Raises:
-        ValueError: if the folder cannot be created or written, is the folder of one of the images, or two
-            images would give the same output file.
+        BundleError (a ``ValueError``): if the folder cannot be created or written, is the folder of one of the
+            images, or two images would give the same output file.
     """
     target = Path(output_dir).resolve()
     _check_writable(target)
@@ -262,10 +264,10 @@ def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = (
     for item in datalist:
         image = Path(item["image"]).resolve()
         if image.parent == target:
-            raise ValueError(f"output_dir {target} holds the input {item['image']}: choose another folder.")
+            raise BundleError(f"output_dir {target} holds the input {item['image']}: choose another folder.")
         stem = create_file_basename("", image, target, separate_folder=False, makedirs=False)
         if stem in written_by:
-            raise ValueError(
+            raise BundleError(
                 f"the inputs {written_by[stem]} and {image} have the same name, so their outputs would overwrite "
                 f"each other in {target}: rename one."
             )

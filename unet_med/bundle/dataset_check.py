@@ -30,12 +30,13 @@ import nibabel as nib
 import numpy as np
 
 from unet_med.bundle.datalists import decathlon_datalist, label_names
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.readers import NIFTI_SUFFIXES, SimpleITKReader, dicom_series_files, read_scan
 
 __all__ = ["DatasetError", "check_dataset", "check_images", "main"]
 
 
-class DatasetError(ValueError):
+class DatasetError(BundleError):
     """Problems found in a dataset, one ``<path>: <problem>`` line each.
 
     Args:
@@ -173,6 +174,13 @@ def _inspect(
     return Volume(shape[:3], affine)
 
 
+def _broken_link(path: str) -> str | None:
+    """Why ``path`` is a symbolic link that leads nowhere, or ``None``."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a broken symbolic link: its target {os.readlink(path)} does not exist"
+    return None
+
+
 def _check_image(path: str, spec: FileSpec, problems: list[str]) -> Volume | None:
     return _inspect(path, spec.in_channels, spec, _image_values, problems)
 
@@ -180,7 +188,9 @@ def _check_image(path: str, spec: FileSpec, problems: list[str]) -> Volume | Non
 def _check_case(case: dict[str, str], spec: FileSpec, labels: Sequence[int], affine_atol: float) -> list[str]:
     """Problems of one image/label pair."""
     image_path, label_path = case["image"], case["label"]
-    problems: list[str] = []
+    problems = [f"{path}: {_broken_link(path)}" for path in (image_path, label_path) if _broken_link(path)]
+    if problems:
+        return problems
     if not Path(image_path).is_file():
         problems.append(f"{image_path}: missing image (dataset.json pairs it with {label_path})")
     if not Path(label_path).is_file():
@@ -213,7 +223,8 @@ def _unpaired_files(folder: Path, datalist: Sequence[dict[str, str]]) -> list[st
         listed = {Path(case[key]) for case in datalist}
         directory = folder / subfolder
         for file in sorted(directory.iterdir()) if directory.is_dir() else []:
-            if file.name.endswith(NIFTI_SUFFIXES) and not file.name.startswith(".") and file.resolve() not in listed:
+            listed_as = file.parent.resolve() / file.name
+            if file.name.endswith(NIFTI_SUFFIXES) and not file.name.startswith(".") and listed_as not in listed:
                 problems.append(f"{file}: {key} with no {partner}: no training case of dataset.json lists it")
     return problems
 
@@ -289,7 +300,9 @@ def check_images(
 
     def check(item: dict[str, str]) -> list[str]:
         problems: list[str] = []
-        if not Path(item["image"]).exists():
+        if _broken_link(item["image"]):
+            problems.append(f"{item['image']}: {_broken_link(item['image'])}")
+        elif not Path(item["image"]).exists():
             problems.append(f"{item['image']}: missing image")
         else:
             _check_image(item["image"], spec, problems)

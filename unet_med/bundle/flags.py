@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unet_med.bundle.errors import BundleError
+
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 
@@ -20,7 +22,7 @@ def as_bool(value: bool | int | str, name: str = "flag") -> bool:
         The flag's truth value.
 
     Raises:
-        ValueError: if ``value`` is none of the above.
+        BundleError: if ``value`` is none of the above (a ``ValueError``).
     """
     if isinstance(value, bool):
         return value
@@ -29,4 +31,4 @@ def as_bool(value: bool | int | str, name: str = "flag") -> bool:
         return True
     if word in FALSE_WORDS:
         return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
+    raise BundleError(f"{name} must be true or false, got {value!r}.")

@@ -1,4 +1,4 @@
-"""The ignite handlers the bundles attach to MONAI's engines: checkpoints that survive a kill.
+"""The ignite handlers the bundles attach to MONAI's engines: checkpoints that survive a kill and guard the model.
 
 - :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` with atomic files; the bundles save the best
   model (``models/model.pt``, a plain ``state_dict``) with it.
@@ -10,25 +10,39 @@
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite import distributed as idist
 from ignite.engine import Events
+from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.networks.utils import copy_model_state
+from torch.optim.lr_scheduler import PolynomialLR
 
-from unet_med.bundle.io import CheckpointError, load_checkpoint, one_line, save_checkpoint
+from unet_med.bundle.errors import BundleError
+from unet_med.bundle.flags import as_bool
+from unet_med.bundle.io import (
+    CheckpointError,
+    load_checkpoint,
+    move_aside,
+    one_line,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import Workflow
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
+    "BestModelGuard",
     "TrainingStateSaver",
     "WeightsOnlyCheckpointLoader",
 ]
@@ -104,6 +118,16 @@ class AtomicCheckpointSaver(CheckpointSaver):
             "best_metric_epoch": getattr(state, "best_metric_epoch", -1),
         }
 
+    def set_best(self, score: float, epoch: int) -> None:
+        """Record that the file on disk scored ``score`` (at ``epoch``): only a better model replaces it."""
+        if self._key_metric_checkpoint is not None:
+            filename = self._key_metric_checkpoint.save_handler.filename or "model.pt"
+            record = self._key_metric_checkpoint.state_dict()  # {"_saved": [(priority, filename), ...]}
+            self._key_metric_checkpoint.load_state_dict({key: [(score, filename)] for key in record})
+        if self._engine is not None:
+            self._engine.state.best_metric = score
+            self._engine.state.best_metric_epoch = epoch
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
         super().load_state_dict(state_dict)
@@ -159,13 +183,32 @@ class TrainingStateSaver:
         engine.logger.info(f"Saved the training state of epoch {engine.state.epoch} to {self.save_path}")
 
 
-class WeightsOnlyCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` that reads files only through :func:`load_checkpoint`.
+def _stretch_polynomial_schedule(scheduler: PolynomialLR, total_iters: int) -> None:
+    """Give ``scheduler`` the length ``total_iters`` and set its learning rates to where that schedule is now.
 
-    It takes MONAI's arguments, and loads on the engine's ``STARTED`` event as MONAI's does. Before MONAI reads
-    the file, :func:`load_checkpoint` reads it with ``weights_only=True``, whatever the MONAI version, so a
-    file that needs arbitrary pickled objects is refused, and a missing or broken file raises a
-    :class:`CheckpointError` naming it. So does a checkpoint that does not fit its objects (another network).
+    ``PolynomialLR`` steps its rates recursively from the current ones, so a finished schedule stays at 0 whatever
+    its new length: the rates are set from the closed form, ``base_lr * (1 - step / total_iters) ** power``.
+    """
+    scheduler.total_iters = total_iters
+    remaining = 1.0 - min(scheduler.last_epoch, total_iters) / total_iters
+    rates = [base_lr * remaining**scheduler.power for base_lr in scheduler.base_lrs]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
+
+
+class WeightsOnlyCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that reads its file once, through :func:`load_checkpoint`.
+
+    It takes MONAI's arguments and loads on the engine's ``STARTED`` event as MONAI's does, from the file read
+    with ``weights_only=True`` whatever the MONAI version: a file that holds code is refused, and a missing or
+    broken file, or one that does not fit its objects (another network), raises a :class:`CheckpointError`
+    naming it.
+
+    Resuming a training (``engine_key``) with more epochs than the checkpoint's run had trains longer: the
+    engine keeps its own ``max_epochs``, and a ``PolynomialLR`` in ``load_dict`` keeps the length it was built
+    with (the bundles tie it to ``--epochs``), its rates set to where that longer schedule is, instead of the
+    checkpoint's finished schedule at learning rate 0. Fewer epochs than already trained is refused.
 
     Args:
         load_path: the checkpoint file.
@@ -188,12 +231,128 @@ class WeightsOnlyCheckpointLoader(CheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        """Check the file with ``weights_only=True``, then load it as MONAI's ``CheckpointLoader`` does."""
-        load_checkpoint(self.load_path, map_location="cpu")
+        """Read the file once with ``weights_only=True`` and load every object of ``load_dict`` from it."""
+        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+        first = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and not (isinstance(checkpoint, Mapping) and first in checkpoint):
+            checkpoint = {first: checkpoint}
+        if not self.strict_shape:
+            checkpoint = {
+                key: copy_model_state(obj, checkpoint, inplace=False)[0] if isinstance(obj, torch.nn.Module) else None
+                for key, obj in self.load_dict.items()
+            }
+            self.load_dict = {key: obj for key, obj in self.load_dict.items() if checkpoint[key] is not None}
+        max_epochs = engine.state.max_epochs
+        schedules = {key: obj.total_iters for key, obj in self.load_dict.items() if isinstance(obj, PolynomialLR)}
         try:
-            super().__call__(engine)
-        except (RuntimeError, KeyError, ValueError) as err:
+            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise CheckpointError(
                 f"{self.load_path} does not fit the objects it is loaded into ({', '.join(self.load_dict)}): "
                 f"{one_line(err)}"
             ) from None
+        if self.engine_key is not None and max_epochs is not None and engine.state.epoch > max_epochs:
+            raise BundleError(
+                f"--epochs {max_epochs}: {self.load_path} has already trained {engine.state.epoch} epochs; pass "
+                f"--epochs {engine.state.epoch + 1} or more to train longer."
+            )
+        engine.state.max_epochs = max_epochs
+        for key, total_iters in schedules.items():
+            if self.load_dict[key].total_iters != total_iters:
+                _stretch_polynomial_schedule(self.load_dict[key], total_iters)
+        self.logger.info(f"Restored all variables from {self.load_path}")
+
+
+class BestModelGuard:
+    """Trainer handler: a training never replaces the ``model.pt`` it finds with a worse model, nor a run's files.
+
+    When the trainer starts (after the checkpoint loaders listed before it), if ``model_path`` exists:
+
+    - a training that neither resumes (``resume``) nor starts from that model's weights (MONAI Label's
+      ``/train``, which loads it first; fine-tuning) is refused with one line naming ``--resume true`` and
+      ``--overwrite true``, before it changes any file;
+    - otherwise the model on disk is scored on this run's validation cases, with the validator (on every rank),
+      and that score becomes the best-model saver's record: a later model replaces ``model.pt`` only if it
+      scores better on the same cases. After a kill between writing ``model.pt`` and the training state, this
+      is the score of the file actually on disk, not the older one of the state.
+
+    A run that does not resume first moves the previous run's files that it would overwrite (``archive``: for
+    example the training log, its figures, the training state) into ``previous/<time>/`` beside them; with
+    ``overwrite`` the old ``model.pt`` goes there too, and the new run's first validated model takes its place.
+
+    Args:
+        model_path: the best model, e.g. ``models/model.pt``.
+        network: the trained network (possibly wrapped for data parallelism).
+        validator: the evaluator of the validation cases; its key metric is the score.
+        best_model_saver: the saver of ``model_path``.
+        resume: the run continues the training state of an earlier run (``--resume``).
+        overwrite: replace ``model_path`` by the new run's model, whatever its score (``--overwrite``).
+        archive: files (or ``glob`` patterns) of the previous run to keep aside when this run does not resume.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        network: torch.nn.Module,
+        validator: Workflow,
+        best_model_saver: AtomicCheckpointSaver,
+        resume: bool | str = False,
+        overwrite: bool | str = False,
+        archive: Sequence[str | os.PathLike] = (),
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.network = network
+        self.validator = validator
+        self.best_model_saver = best_model_saver
+        self.resume = as_bool(resume, "resume")
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.archive = [str(path) for path in archive]
+
+    def attach(self, engine: Engine) -> None:
+        """Check and score ``model_path`` when ``engine`` starts."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Refuse, or score the model on disk and make that score the one to beat (see the class)."""
+        if not self.model_path.is_file():
+            self._keep_previous_run(engine, [])
+            return
+        if self.overwrite:
+            self._keep_previous_run(engine, [self.model_path])
+            return
+        saved = load_checkpoint(self.model_path, map_location="cpu")
+        network = _unwrapped(self.network)
+        current = {key: value.detach().clone() for key, value in network.state_dict().items()}
+        if not self.resume and not _same_weights(current, saved):
+            raise BundleError(
+                f"{self.model_path}: a trained model is already there; --resume true continues its training, "
+                "--overwrite true trains a new model in its place."
+            )
+        self._keep_previous_run(engine, [])
+        try:
+            network.load_state_dict(saved)
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{self.model_path} does not fit the network (pass --overwrite true to replace it): {one_line(err)}"
+            ) from None
+        self.validator.run(max(engine.state.epoch, 1))
+        score = float(self.validator.state.metrics[self.validator.state.key_metric_name])
+        network.load_state_dict(current)
+        self.best_model_saver.set_best(score, engine.state.epoch)
+        engine.logger.info(f"{self.model_path} scores {score:.4f} on the validation cases: the model to beat.")
+
+    def _keep_previous_run(self, engine: Engine, extra: list[Path]) -> None:
+        """Move the previous run's files aside (rank 0), unless this run continues it."""
+        if self.resume or idist.get_rank() != 0:
+            return
+        previous = [Path(path) for pattern in self.archive for path in sorted(glob.glob(pattern))]
+        kept = move_aside([path for path in [*previous, *extra] if path.is_file()])
+        if kept:
+            engine.logger.info(f"Kept the previous run's files: {', '.join(map(str, kept))}")
+
+
+def _same_weights(current: Mapping[str, torch.Tensor], saved: Any) -> bool:
+    """Whether the state_dict ``saved`` holds exactly the tensors of ``current``."""
+    if not isinstance(saved, Mapping) or saved.keys() != current.keys():
+        return False
+    return all(torch.equal(current[key].cpu(), torch.as_tensor(saved[key]).cpu()) for key in current)

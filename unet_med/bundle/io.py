@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,14 @@ from typing import Any
 import torch
 from monai.data import NibabelWriter
 
+from unet_med.bundle.errors import BundleError
+
 __all__ = [
     "AtomicNibabelWriter",
     "CheckpointError",
     "atomic_write",
     "load_checkpoint",
+    "move_aside",
     "one_line",
     "save_checkpoint",
 ]
@@ -88,7 +93,32 @@ class AtomicNibabelWriter(NibabelWriter):
             super().write(partial, verbose=False, **obj_kwargs)
 
 
-class CheckpointError(ValueError):
+def move_aside(paths: Sequence[str | os.PathLike], when: float | None = None) -> list[Path]:
+    """Move files into ``previous/<time>/`` beside them, so that a new run does not overwrite them.
+
+    Args:
+        paths: existing files.
+        when: the time that names the folder (seconds since the epoch); by default the newest file's
+            modification time, i.e. when the previous run last wrote.
+
+    Returns:
+        The new paths.
+    """
+    paths = [Path(path) for path in paths]
+    if not paths:
+        return []
+    when = max(path.stat().st_mtime for path in paths) if when is None else when
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    moved = []
+    for path in paths:
+        target = path.parent / "previous" / stamp / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved.append(target)
+    return moved
+
+
+class CheckpointError(BundleError):
     """A checkpoint file is missing, unreadable, refused or does not fit what it is loaded into."""
 
 
@@ -122,7 +152,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
 
     Raises:
         CheckpointError: if the file is missing or unreadable (truncated, corrupt, not a checkpoint), or holds
-            other pickled Python objects, which only ``weights_only=False`` would load, running code from it.
+            code or Python objects other than tensors and plain containers: such a file is refused, never run.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,15 +160,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        refused = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
         if refused:
             raise CheckpointError(
-                f"{path} is refused: it holds a pickled Python object ({refused.group(1)}), and loading such "
-                "objects can run arbitrary code; checkpoints are read with torch.load(weights_only=True), which "
-                "takes tensors, numbers, strings and plain containers only. Use checkpoints from sources you trust."
+                f"{path} is refused for safety: it holds code or Python objects ({refused.group(1)}) that are not "
+                "weights, and loading them could run that code. Use checkpoints written by the bundles or by "
+                "torch.save of a state_dict."
             ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-            + (detail.group(1).strip() if detail else one_line(err))
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt): {one_line(err, limit=200)}"
         ) from None

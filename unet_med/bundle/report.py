@@ -262,6 +262,8 @@ class TrainingReport:
         self._log = RunLog(self.output_dir / "training.log", hide_iterations=self.progress.mode == "bar")
         self._start, self._start_epoch = time.monotonic(), engine.state.epoch
         self.history = []
+        # A validation before the first epoch (the score of the model on disk, see BestModelGuard) is no epoch's.
+        self._validation, self._sample = None, None
         if engine.state.epoch > 0 and self.log_path.is_file():
             self.history = [row for row in _read_csv(self.log_path) if row["epoch"] <= engine.state.epoch]
 

@@ -190,6 +190,7 @@ class UNet(nn.Module):
         )
         _initialise(self, init)
         self.register_load_state_dict_pre_hook(_match_auxiliary_heads)
+        self.instance_norm = any(isinstance(module, nn.modules.instancenorm._InstanceNorm) for module in self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segments ``x``.
@@ -251,7 +252,30 @@ class UNet(nn.Module):
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != expected_channels:
             axes = ", ".join(["size"] * self.spatial_dims)
             raise ValueError(f"expected an input of shape (batch, {expected_channels}, {axes}), got {tuple(x.shape)}.")
-        self.geometry.output_size(x.shape[2:])
+        self.check_input_size(list(x.shape[2:]))
+
+    @torch.jit.unused
+    def check_input_size(self, spatial_size: Sequence[int]) -> None:
+        """Raises a ``ValueError`` for a spatial input size this network cannot take.
+
+        In valid mode each size must be one of ``geometry.valid_input_sizes``. In same mode any size works, with
+        one limit: instance normalisation (which normalises each map with its own statistics, in training and
+        inference) needs more than one voxel in the coarsest feature map, whose size per axis is the input's
+        divided by that axis's ``geometry.divisor``, rounded up.
+
+        Args:
+            spatial_size: the input's size per spatial axis, in voxels.
+        """
+        self.geometry.output_size(spatial_size)
+        divisor = self.geometry.divisor
+        if self.instance_norm and all(size <= step for size, step in zip(spatial_size, divisor)):
+            size = " x ".join(map(str, spatial_size))
+            bound = " x ".join(map(str, divisor)) if len(set(divisor)) > 1 else str(divisor[0])
+            raise ValueError(
+                f"an input of {size} voxels leaves a coarsest feature map of one voxel after "
+                f"{len(self.geometry.strides)} poolings, which instance normalisation cannot normalise: give at "
+                f"least one axis more than {bound} voxels."
+            )
 
 
 def _match_auxiliary_heads(

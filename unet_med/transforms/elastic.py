@@ -245,12 +245,12 @@ class RandPaperElastic(RandomizableTransform):
         padding_mode: str = "reflection",
     ) -> None:
         RandomizableTransform.__init__(self, prob)
-        if sigma < 0:
-            raise ValueError(f"sigma must be non-negative, got {sigma}.")
+        if not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"sigma must be a finite number of at least 0, got {sigma}.")
         if sigma_units not in SIGMA_UNITS:
             raise ValueError(f"sigma_units must be one of {SIGMA_UNITS}, got {sigma_units!r}.")
-        if max_displacement is not None and max_displacement < 0:
-            raise ValueError(f"max_displacement must be non-negative, got {max_displacement}.")
+        if max_displacement is not None and not (math.isfinite(max_displacement) and max_displacement >= 0):
+            raise ValueError(f"max_displacement must be a finite number of at least 0, got {max_displacement}.")
         sizes = (grid_size,) if isinstance(grid_size, int) else tuple(grid_size)
         if len(sizes) not in (1, 2, 3) or any(int(n) < 2 for n in sizes):
             raise ValueError(f"grid_size must be an int or one per axis, each at least 2, got {grid_size}.")

@@ -52,13 +52,15 @@ def border_weight_map(
         spacing: voxel size per axis (e.g. mm), the units of distances and ``sigma``; ``None``: voxels.
 
     Returns:
-        ``(*S)`` float32 weights.
+        ``(*S)`` float32 weights (an empty map for a label with no voxels).
     """
     instances = np.asarray(instances)
     if instances.size and instances.min() < 0:
         raise ValueError("instance labels must be non-negative, 0 for background.")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}.")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a finite number above 0, got {sigma}.")
+    if instances.size == 0:
+        return np.ones(instances.shape, dtype=np.float32)
     spacing = np.ones(instances.ndim) if spacing is None else np.asarray(spacing, dtype=float)
     foreground = instances > 0
     weight = np.ones(instances.shape, dtype=np.float64)
@@ -129,8 +131,8 @@ class BorderWeightMapd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}.")
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma must be a finite number above 0, got {sigma}.")
         if sigma_units not in SIGMA_UNITS:
             raise ValueError(f"sigma_units must be one of {SIGMA_UNITS}, got {sigma_units!r}.")
         self.weight_keys = ensure_tuple_rep(weight_key, len(self.keys))

@@ -6,7 +6,13 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from unet_med.bundle.handlers import AtomicCheckpointSaver, TrainingStateSaver, WeightsOnlyCheckpointLoader
+from unet_med.bundle.errors import BundleError
+from unet_med.bundle.handlers import (
+    AtomicCheckpointSaver,
+    BestModelGuard,
+    TrainingStateSaver,
+    WeightsOnlyCheckpointLoader,
+)
 from unet_med.bundle.io import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -90,3 +96,101 @@ def test_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
     best_once, best_twice = load_checkpoint(once / "model.pt"), load_checkpoint(twice / "model.pt")
     assert best_once.keys() == {"weight", "bias"}
     assert all(torch.equal(best_once[key], best_twice[key]) for key in best_once)
+
+
+def schedule_after_one_epoch(folder, total_iters: int) -> tuple[Engine, torch.optim.lr_scheduler.PolynomialLR]:
+    """A one-epoch run of a ``total_iters``-epoch schedule, saved as the bundles save it, and a fresh copy."""
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_iters, power=0.9)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    TrainingStateSaver(folder / "latest.pt", {"optimizer": optimizer, "lr_scheduler": scheduler}).attach(trainer)
+    return trainer, scheduler
+
+
+def resume(folder, max_epochs: int) -> tuple[Engine, torch.optim.lr_scheduler.PolynomialLR]:
+    """Resume the saved run with a schedule built for ``max_epochs``; returns the trainer and the scheduler."""
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_epochs, power=0.9)
+    trainer = Engine(lambda engine, batch: None)
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: seen.append(optimizer.param_groups[0]["lr"]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    state = {"optimizer": optimizer, "lr_scheduler": scheduler}
+    WeightsOnlyCheckpointLoader(folder / "latest.pt", state, engine_key="trainer").attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    trainer.state.rates = seen
+    return trainer, scheduler
+
+
+def test_resuming_with_more_epochs_stretches_the_schedule(tmp_path):
+    trainer, scheduler = schedule_after_one_epoch(tmp_path, total_iters=1)
+    trainer.run([0], max_epochs=1)
+    assert scheduler.get_last_lr() == [0.0]  # the finished one-epoch schedule
+    resumed, stretched = resume(tmp_path, max_epochs=3)
+    assert resumed.state.epoch == 3 and stretched.total_iters == 3
+    assert resumed.state.rates == pytest.approx([0.1 * (2 / 3) ** 0.9, 0.1 * (1 / 3) ** 0.9])
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path):
+    trainer, _ = schedule_after_one_epoch(tmp_path, total_iters=3)
+    trainer.run([0], max_epochs=2)
+    with pytest.raises(BundleError, match=r"^--epochs 1: .*latest\.pt has already trained 2 epochs; pass --epochs 3"):
+        resume(tmp_path, max_epochs=1)
+
+
+class Validator(Engine):
+    """An engine run as MONAI's evaluators are: ``run(global_epoch)``, one pass over one batch."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda engine, batch: None)
+
+    def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
+        super().run([0], max_epochs=1)
+
+
+def guarded_run(folder, weights: dict, scores: list[float], resume: bool = False) -> tuple[Engine, torch.nn.Module]:
+    """A trainer whose network starts from ``weights``, guarded, validated once per epoch with ``scores``."""
+    net = torch.nn.Linear(3, 1)
+    net.load_state_dict(weights)
+    validator = Validator()
+    validator.state.key_metric_name = "dice"
+    runs = iter([float(torch.equal(net.weight, weights["weight"])) * 0.6, *scores])  # the score of model.pt first
+
+    def validate(engine):
+        dice = engine.state.metrics["dice"] = next(runs)
+        if dice > engine.state.best_metric:
+            engine.state.best_metric, engine.state.best_metric_epoch = dice, engine.state.epoch
+
+    validator.state.best_metric, validator.state.best_metric_epoch = -1, -1
+    validator.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    saver = AtomicCheckpointSaver(folder, {"model": net}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt")
+    saver.attach(validator)
+    trainer = Engine(lambda engine, batch: net.weight.data.add_(1.0))
+    BestModelGuard(folder / "model.pt", net, validator, saver, resume=resume).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: validator.run())
+    trainer.run([0], max_epochs=len(scores))
+    return validator, net
+
+
+def test_the_model_on_disk_is_scored_first_and_replaced_only_by_a_better_one(tmp_path):
+    torch.manual_seed(0)
+    on_disk = torch.nn.Linear(3, 1).state_dict()
+    save_checkpoint(on_disk, tmp_path / "model.pt")
+    (tmp_path / "training_log.csv").write_text("epoch\n")
+    validator, _ = guarded_run(tmp_path, on_disk, scores=[0.5, 0.55])  # starts from model.pt, as MONAI Label does
+    assert validator.state.best_metric == 0.6
+    assert all(torch.equal(value, load_checkpoint(tmp_path / "model.pt")[key]) for key, value in on_disk.items())
+    validator, net = guarded_run(tmp_path, on_disk, scores=[0.7])
+    assert torch.equal(load_checkpoint(tmp_path / "model.pt")["weight"], net.weight)
+
+
+def test_training_from_scratch_over_a_model_is_refused(tmp_path):
+    save_checkpoint(torch.nn.Linear(3, 1).state_dict(), tmp_path / "model.pt")
+    before = (tmp_path / "model.pt").read_bytes()
+    with pytest.raises(BundleError, match=r"model\.pt: a trained model is already there; --resume true .*--overwrite"):
+        guarded_run(tmp_path, torch.nn.Linear(3, 1).state_dict(), scores=[0.9])
+    assert (tmp_path / "model.pt").read_bytes() == before

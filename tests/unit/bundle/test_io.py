@@ -5,15 +5,26 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 
 import pytest
 import torch
 
-from unet_med.bundle.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from unet_med.bundle.io import CheckpointError, atomic_write, load_checkpoint, move_aside, save_checkpoint
 
 
 class Payload:
     """A class a checkpoint might pickle: loading it would run code of the file's choosing."""
+
+
+class SystemCall:
+    """Pickles as a call of ``os.system(command)``: what a malicious checkpoint holds."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
 
 
 def test_pickled_objects_are_refused_with_the_file_named(tmp_path):
@@ -21,8 +32,21 @@ def test_pickled_objects_are_refused_with_the_file_named(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2).state_dict(), "extra": Payload()}, path)
     with pytest.raises(CheckpointError, match=re.escape(f"{path} is refused")) as error:
         load_checkpoint(path)
-    assert "test_io.Payload" in str(error.value) and "weights_only=True" in str(error.value)
-    assert "\n" not in str(error.value)
+    message = str(error.value)
+    assert "test_io.Payload" in message and "refused for safety" in message and "not weights" in message
+    assert "\n" not in message and "truncated" not in message and "weights_only" not in message
+
+
+def test_a_pickled_call_is_refused_and_never_run(tmp_path):
+    """A payload that calls os.system when unpickled: refused as unsafe, not called "truncated"."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    torch.save({"model": SystemCall(f"touch {marker}")}, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} is refused for safety")) as error:
+        load_checkpoint(path)
+    assert "os.system" in str(error.value) or "posix.system" in str(error.value)
+    assert "truncated" not in str(error.value) and "weights_only" not in str(error.value)
+    assert not marker.exists()
 
 
 def test_missing_truncated_and_foreign_files_are_named(tmp_path):
@@ -40,7 +64,6 @@ def test_missing_truncated_and_foreign_files_are_named(tmp_path):
     assert torch.equal(load_checkpoint(good)["weight"], torch.ones(1000))
 
 
-
 def test_failed_write_leaves_nothing_and_success_keeps_usual_permissions(tmp_path):
     target = tmp_path / "state.pt"
     with pytest.raises(RuntimeError, match="interrupted"), atomic_write(target) as partial:
@@ -54,3 +77,18 @@ def test_failed_write_leaves_nothing_and_success_keeps_usual_permissions(tmp_pat
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_move_aside_keeps_files_under_previous_and_the_time_of_the_last_write(tmp_path):
+    log, model = tmp_path / "runs" / "training_log.csv", tmp_path / "models" / "model.pt"
+    for path, text in ((log, "epoch\n1\n"), (model, "weights")):
+        path.parent.mkdir()
+        path.write_text(text)
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    moved = move_aside([log, model])
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1_700_000_000))
+    assert moved == [
+        tmp_path / "runs" / "previous" / stamp / "training_log.csv",
+        tmp_path / "models" / "previous" / stamp / "model.pt",
+    ]
+    assert moved[0].read_text() == "epoch\n1\n" and not log.exists() and not model.exists()

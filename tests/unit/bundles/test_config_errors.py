@@ -10,6 +10,7 @@ import nibabel as nib
 import pytest
 from monai.bundle import ConfigWorkflow
 
+import unet_med.bundle.lock
 from unet_med.bundle.dataset_check import DatasetError
 from unet_med.bundle.io import CheckpointError
 
@@ -69,6 +70,7 @@ def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path, sam
     assert all(any(line.startswith(start) for line in error.problems) for start in expected), error.problems
     built = train.parser.ref_resolver.resolved_content.keys()
     assert not {"network", "train::dataset", "validate::dataset"} & built
+    unet_med.bundle.lock.release()  # what the process's exit does after a refused run
     assert not (tmp_path / "models").exists()
 
 

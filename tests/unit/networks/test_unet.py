@@ -166,6 +166,16 @@ def test_same_mode_takes_any_size(sizes: tuple[int, int, int]) -> None:
     assert net(torch.randn(1, 1, *sizes)).shape == (1, 2, *sizes)
 
 
+def test_instance_norm_refuses_a_one_voxel_coarsest_map() -> None:
+    net = UNet(3, 1, 2, features=(4, 8, 16))  # two poolings: an input of at most 4 voxels per axis ends as one
+    message = r"^an input of 4 x 3 x 4 voxels leaves a coarsest feature map of one voxel .* more than 4 voxels\.$"
+    for mode in (net.train(), net.eval()):
+        with pytest.raises(ValueError, match=message):
+            mode(torch.randn(2, 1, 4, 3, 4))
+    assert net.train()(torch.randn(2, 1, 5, 3, 4)).shape == (2, 2, 5, 3, 4)
+    UNet(3, 1, 2, features=(4, 8, 16), norm="batch").check_input_size([4, 3, 4])
+
+
 def test_same_mode_padding_matches_a_padded_input() -> None:
     """An input the depth cannot divide gives the centre of the output for the zero-padded input."""
     net = UNet(2, 1, 2, features=FEATURES, norm=None).eval()

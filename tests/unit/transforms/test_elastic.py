@@ -154,6 +154,11 @@ def test_slabs_give_the_single_call_output():
 
 
 def test_invalid_arguments():
+    for sigma in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match=f"sigma must be a finite number of at least 0, got {sigma}"):
+            RandPaperElasticd("image", sigma=sigma)
+    with pytest.raises(ValueError, match="max_displacement"):
+        RandPaperElastic(max_displacement=float("nan"))
     with pytest.raises(ValueError, match="mode"):
         RandPaperElasticd("image", mode="trilinear")
     with pytest.raises(ValueError, match="grid_size"):

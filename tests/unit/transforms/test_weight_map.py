@@ -100,9 +100,15 @@ def test_3d():
     assert weight[0, 12, 12, 12] > weight[0, 3, 12, 12] > weight[0, 0, 12, 12]
 
 
+def test_a_label_with_no_voxels_gives_an_empty_map():
+    assert border_weight_map(np.zeros((0, 5), dtype=int)).shape == (0, 5)
+    assert BorderWeightMapd("label")({"label": torch.zeros(1, 0, 5, 5)})["weight"].shape == (1, 0, 5, 5)
+
+
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="sigma"):
-        BorderWeightMapd("label", sigma=0)
+    for sigma in (0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma must be a finite number above 0"):
+            BorderWeightMapd("label", sigma=sigma)
     with pytest.raises(ValueError, match="weight_key"):
         BorderWeightMapd(["a", "b"])
     with pytest.raises(ValueError, match=r"\(1, \*S\)"):
