@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unet_med.bundle.datalists import decathlon_datalist, load_dataset_json
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import atomic_write
 
 __all__ = ["CaseFingerprint", "Fingerprint", "channel_names", "compute_fingerprint", "fingerprint_case"]
@@ -131,14 +132,14 @@ def channel_names(dataset_dir: str | os.PathLike) -> list[str] | None:
         The names, or ``None`` if the file names none.
 
     Raises:
-        ValueError: if the section's keys are not channel indices ``0 .. C-1``.
+        BundleError: if the section's keys are not channel indices ``0 .. C-1``.
     """
     content = load_dataset_json(dataset_dir)
     names = content.get("channel_names") or content.get("modality")
     if not names:
         return None
     if not isinstance(names, dict) or sorted(names) != [str(i) for i in range(len(names))]:
-        raise ValueError(
+        raise BundleError(
             f"{Path(dataset_dir) / 'dataset.json'}: its channel names must map 0 .. C-1 to names, such as "
             f'{{"0": "CT"}}; found {names}'
         )
@@ -240,7 +241,7 @@ def _check_channels(cases: Sequence[CaseFingerprint], expected: int | None, data
     source = f"the {reference} channel names of {dataset_json}" if expected is not None else cases[0].image
     for case in cases:
         if case.channels != reference:
-            raise ValueError(f"{case.image}: {case.channels} channel(s), but {source} says {reference}")
+            raise BundleError(f"{case.image}: {case.channels} channel(s), but {source} says {reference}")
 
 
 def compute_fingerprint(
@@ -265,7 +266,7 @@ def compute_fingerprint(
         The fingerprint.
 
     Raises:
-        ValueError: if a case's channel count differs from the others' or from ``dataset.json``'s names.
+        BundleError: if a case's channel count differs from the others' or from ``dataset.json``'s names.
     """
     dataset_dir = Path(dataset_dir).resolve()
     dataset_json = dataset_dir / "dataset.json"

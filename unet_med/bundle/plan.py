@@ -50,6 +50,7 @@ import numpy as np
 from unet_med.bundle import cost
 from unet_med.bundle.datalists import decathlon_datalist
 from unet_med.bundle.dataset_check import DatasetError, check_dataset
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import Fingerprint, channel_names, compute_fingerprint
 from unet_med.bundle.plan_file import PLAN_VERSION, round_floats, write_plan
 
@@ -106,14 +107,14 @@ class PlanSettings:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+            raise BundleError(f"device must be cpu or cuda, got {self.device!r}")
         if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+            raise BundleError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         for name in ("memory_budget_gb", "ram_budget_gb", "max_step_gflop", "time_budget_hours",
                      "flops_per_second"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise BundleError(f"{name} must be positive, got {value}")
 
 
 class _Decisions:
@@ -144,7 +145,7 @@ def target_spacing(fingerprint: Fingerprint, source: str | os.PathLike) -> tuple
     """The planned spacing (mm per axis) and its reason.
 
     Raises:
-        ValueError: if a case's spacing is more than ``MAX_SPACING_SPREAD`` times off the median on some axis
+        BundleError: if a case's spacing is more than ``MAX_SPACING_SPREAD`` times off the median on some axis
             (a header in other units, or a case from another data set).
     """
     spacings = fingerprint.spacings()
@@ -154,7 +155,7 @@ def target_spacing(fingerprint: Fingerprint, source: str | os.PathLike) -> tuple
     if outliers.size:
         case = fingerprint.cases[outliers[0]]
         others = f" (and {outliers.size - 1} more cases)" if outliers.size > 1 else ""
-        raise ValueError(
+        raise BundleError(
             f"{case.image}: spacing {_mm(case.spacing)} mm is more than {MAX_SPACING_SPREAD:g}x off the data set's "
             f"median {_mm(median)} mm{others}: fix its header or leave it out of {source}"
         )
@@ -283,7 +284,7 @@ def make_plan(
         ``(plan, reasons)``: nested plain values and one line per value keyed by dotted path.
 
     Raises:
-        ValueError: for spacings that differ wildly, or a memory budget too small for the smallest sensible
+        BundleError: for spacings that differ wildly, or a memory budget too small for the smallest sensible
             patch (one line each).
     """
     dims, device = settings.spatial_dims, settings.device
@@ -348,7 +349,7 @@ def make_plan(
         candidate = _candidate(smaller, axes_spacing, settings)
     memory_two = candidate.memory(2, channels, classes)
     if memory_two > budget:
-        raise ValueError(
+        raise BundleError(
             f"memory_budget {settings.memory_budget_gb:g} GB is too small for {source}: the smallest sensible patch "
             f"{_voxels(candidate.patch)} with 2 patches per step needs {_nbytes_gb(memory_two):.2f} GB"
         )
@@ -475,7 +476,7 @@ def plan_dataset(
         ``(plan, reasons)`` as written.
 
     Raises:
-        ValueError: the data check's problems (:class:`~unet_med.bundle.dataset_check.DatasetError`), or one
+        BundleError: the data check's problems (:class:`~unet_med.bundle.dataset_check.DatasetError`), or one
             line for a case or setting the planner refuses.
     """
     settings = settings or PlanSettings()
@@ -543,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"unet-med: {err}", file=sys.stderr)
         return 1
     print(decision_table(plan, reasons))
     print(f"plan written to {args.output}")

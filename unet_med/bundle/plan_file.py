@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import atomic_write
 
 __all__ = ["NORMALIZATION_SCHEMES", "PLAN_VERSION", "apply_overrides", "load_plan", "render_plan", "round_floats",
@@ -105,7 +106,7 @@ def apply_overrides(plan: dict[str, Any], overrides: Mapping[str, Any], source: 
         source: the plan file, for errors.
 
     Raises:
-        ValueError: for a key the plan does not have.
+        BundleError: for a key the plan does not have.
     """
     result = yaml.safe_load(yaml.safe_dump(plan))
     for dotted, value in overrides.items():
@@ -114,7 +115,7 @@ def apply_overrides(plan: dict[str, Any], overrides: Mapping[str, Any], source: 
         for part in parents:
             section = section.get(part) if isinstance(section, dict) else None
         if not isinstance(section, dict) or leaf not in section:
-            raise ValueError(f"{source}: cannot override '{dotted}': the plan has no such value")
+            raise BundleError(f"{source}: cannot override '{dotted}': the plan has no such value")
         section[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
     return result
 
@@ -130,17 +131,17 @@ def load_plan(path: str | os.PathLike, overrides: Mapping[str, Any] | None = Non
         The plan as plain values.
 
     Raises:
-        ValueError: one line naming the file and the first wrong value.
+        BundleError: one line naming the file and the first wrong value.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no plan file: run python -m unet_med.bundle.plan DATASET_DIR --output {path}")
+        raise BundleError(f"{path}: no plan file: run python -m unet_med.bundle.plan DATASET_DIR --output {path}")
     try:
         plan = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise BundleError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(plan, dict):
-        raise ValueError(f"{path}: a plan is a YAML mapping, found {type(plan).__name__}")
+        raise BundleError(f"{path}: a plan is a YAML mapping, found {type(plan).__name__}")
     plan = apply_overrides(plan, overrides or {}, path)
     validate_plan(plan, path)
     return plan
@@ -174,16 +175,16 @@ def validate_plan(plan: Mapping[str, Any], source: str | os.PathLike) -> None:
     take (every axis a multiple of its total stride), batch, inference, cache and epochs.
 
     Raises:
-        ValueError: ``"<file>: <key> = <value>: <problem>"``, for the first problem found.
+        BundleError: ``"<file>: <key> = <value>: <problem>"``, for the first problem found.
     """
 
     def fail(key: str, value: Any, problem: str) -> None:
-        raise ValueError(f"{source}: {key} = {_flow(value)}: {problem}")
+        raise BundleError(f"{source}: {key} = {_flow(value)}: {problem}")
 
     for key in ("version", "spatial_dims", "in_channels", "num_classes", "pixdim", "normalization", "patch_size",
                 "network", "batch_size", "num_samples", "inference", "cache", "epochs"):
         if key not in plan:
-            raise ValueError(f"{source}: '{key}' is missing")
+            raise BundleError(f"{source}: '{key}' is missing")
     if plan["version"] != PLAN_VERSION:
         fail("version", plan["version"], f"this unet-med reads plan version {PLAN_VERSION}")
     dims = plan["spatial_dims"]

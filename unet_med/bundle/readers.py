@@ -18,6 +18,8 @@ import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from unet_med.bundle.errors import BundleError
+
 __all__ = [
     "ITK_SUFFIXES",
     "NIFTI_SUFFIXES",
@@ -37,13 +39,13 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
     """The slice files of the one DICOM series in ``folder``, in the order of their position along the scan.
 
     Raises:
-        ValueError: if the folder holds no DICOM series, or several (named by their series instance UIDs).
+        BundleError: if the folder holds no DICOM series, or several (named by their series instance UIDs).
     """
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise ValueError(f"{folder}: no DICOM series in this folder (expected the slice files of one series).")
+        raise BundleError(f"{folder}: no DICOM series in this folder (expected the slice files of one series).")
     if len(series) > 1:
-        raise ValueError(
+        raise BundleError(
             f"{folder}: {len(series)} DICOM series in one folder ({', '.join(series)}): give each its own folder."
         )
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
@@ -61,7 +63,7 @@ def read_scan(path: str | os.PathLike) -> sitk.Image:
     """A DICOM series folder or an image file as a SimpleITK image.
 
     Raises:
-        ValueError: for a folder without exactly one DICOM series.
+        BundleError: for a folder without exactly one DICOM series.
         RuntimeError: SimpleITK's, for a file it cannot read.
     """
     if Path(path).is_dir():
