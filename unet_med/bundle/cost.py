@@ -17,8 +17,8 @@ moments (4 copies of the parameters). Measured against a real training step of `
 **Time** (:func:`training_flops`, :func:`measure_flops_per_second`): a training step costs 3x the forward
 convolutions' ``2 * k^d * c_in * c_out * voxels_out`` multiply-adds (backward: gradients of the inputs and of the
 weights). Seconds follow from a throughput measured by one timed forward and backward pass of a ``UNet`` with
-the planned widths on a small isotropic patch on this device: ``UNet`` takes one stride for all axes, so the
-planned per-axis network is counted, not built.
+the planned widths on a small isotropic patch on this device (a throughput, operations per second, which the
+per-axis strides of the planned network change little); the planned network itself is counted, not built.
 """
 
 from __future__ import annotations
