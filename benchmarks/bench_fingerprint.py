@@ -4,7 +4,7 @@ Each runs in a fresh process (with its worker processes); the parent samples the
 process tree every 0.1 s. Prints the CPU, a table of wall time and peak memory, and whether the two agree on
 the median spacing and the foreground intensity percentiles of channel 0.
 
-    python benchmarks/bench_fingerprint.py ../shared/data/msd_hippocampus
+    python benchmarks/bench_fingerprint.py /data/Task04_Hippocampus
     python benchmarks/bench_fingerprint.py data_samples --workers 2
 """
 

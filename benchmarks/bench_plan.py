@@ -1,6 +1,6 @@
 """Plans of real data sets next to published ones, and the planner's memory estimate against a measured step.
 
-    python benchmarks/bench_plan.py --hippocampus ../shared/data/msd_hippocampus --ct ../shared/data/ct_example
+    python benchmarks/bench_plan.py --hippocampus /data/Task04_Hippocampus --ct /data/ct_example
     python benchmarks/bench_plan.py --memory      # estimate vs measured peak memory of CPU training steps
 
 Prints, for the hippocampus (MSD Task04), our GPU and CPU plans beside nnU-Net's published Task04 plan
@@ -129,7 +129,7 @@ def memory_table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hippocampus", help="the MSD Task04 folder")
-    parser.add_argument("--ct", help="a CT Decathlon folder, e.g. ../shared/data/ct_example")
+    parser.add_argument("--ct", help="a CT Decathlon folder, e.g. /data/ct_example")
     parser.add_argument("--memory", action="store_true", help="estimate vs measured memory of training steps")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
