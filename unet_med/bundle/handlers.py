@@ -1,7 +1,7 @@
 """The ignite handlers the bundles attach to MONAI's engines: checkpoints that survive a kill and guard the model.
 
 - :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` with atomic files; the bundles save the best
-  model (``models/model.pt``, a plain ``state_dict``) with it.
+  model with it (``models/model.pt``: ``{"model": state_dict, "plan": the plan it was trained with}``).
 - :class:`TrainingStateSaver` writes the whole training state (network, optimizer, scheduler, trainer epoch
   and iteration, best metric) to one file after every epoch; :class:`WeightsOnlyCheckpointLoader` resumes
   from it, or loads any checkpoint, through MONAI's ``CheckpointLoader``; files are read with
@@ -321,6 +321,8 @@ class BestModelGuard:
             self._keep_previous_run(engine, [self.model_path])
             return
         saved = load_checkpoint(self.model_path, map_location="cpu")
+        if isinstance(saved, Mapping) and "model" in saved:  # {"model": state_dict, "plan": plan}
+            saved = saved["model"]
         network = _unwrapped(self.network)
         current = {key: value.detach().clone() for key, value in network.state_dict().items()}
         if not self.resume and not _same_weights(current, saved):

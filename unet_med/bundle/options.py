@@ -57,17 +57,15 @@ def check_device(device: Any) -> torch.device:
     return resolved
 
 
-def check_patch_size(patch_size: Any, network: torch.nn.Module) -> list[int]:
-    """``--patch_size`` as a list of sizes that ``network`` can train on.
+def check_patch_size(patch_size: Any, spatial_dims: int) -> list[int]:
+    """``--patch_size`` as a list of ``spatial_dims`` sizes of at least 1.
 
-    Args:
-        patch_size: one size per spatial axis of ``network``.
-        network: a :class:`~unet_med.networks.UNet` (its ``spatial_dims`` and ``check_input_size``).
+    Whether the network can take it (multiples of its strides) is the plan's check
+    (:func:`unet_med.bundle.plan_file.validate_plan`), which knows the planned strides.
 
     Raises:
-        BundleError: for a wrong length, a size below 1, or a size the network cannot take.
+        BundleError: for a wrong length or a size below 1.
     """
-    spatial_dims = network.spatial_dims
     if (
         not isinstance(patch_size, Sequence)
         or isinstance(patch_size, str)
@@ -79,10 +77,6 @@ def check_patch_size(patch_size: Any, network: torch.nn.Module) -> list[int]:
             f"--patch_size {patch_size!r}: expected {spatial_dims} whole numbers of at least 1 (one per axis of "
             f"the {spatial_dims}D network), such as {example}."
         )
-    try:
-        network.check_input_size(list(patch_size))
-    except ValueError as err:
-        raise BundleError(f"--patch_size {list(patch_size)}: {err}") from None
     return list(patch_size)
 
 
@@ -93,16 +87,22 @@ def check_training_options(
     learning_rate: Any,
     patch_size: Any,
     device: Any,
-    network: torch.nn.Module,
+    spatial_dims: int,
 ) -> None:
     """Check the training options of a bundle's ``train.yaml``; see the ``check_*`` functions.
+
+    ``epochs``, ``batch_size`` and ``patch_size`` may be ``None``: the plan's (``models/plan.yaml``) then; the
+    plan file is validated when it is read.
 
     Raises:
         BundleError: naming the first wrong option and what it takes.
     """
-    positive_int(epochs, "epochs")
+    if epochs is not None:
+        positive_int(epochs, "epochs")
     positive_int(val_interval, "val_interval")
-    positive_int(batch_size, "batch_size")
+    if batch_size is not None:
+        positive_int(batch_size, "batch_size")
     positive_number(learning_rate, "learning_rate")
     check_device(device)
-    check_patch_size(patch_size, network)
+    if patch_size is not None:
+        check_patch_size(patch_size, spatial_dims)

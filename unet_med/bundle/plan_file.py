@@ -15,6 +15,7 @@ bundles could not run fails at once, with one line that names the file, the key 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -27,8 +28,8 @@ import yaml
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import atomic_write
 
-__all__ = ["NORMALIZATION_SCHEMES", "PLAN_VERSION", "apply_overrides", "load_plan", "render_plan", "round_floats",
-           "validate_plan", "write_plan"]
+__all__ = ["NORMALIZATION_SCHEMES", "PLAN_VERSION", "apply_overrides", "load_plan", "read_plan_text", "render_plan",
+           "round_floats", "validate_plan", "write_plan"]
 
 PLAN_VERSION = 1
 NORMALIZATION_SCHEMES = ("zscore", "ct")
@@ -108,7 +109,7 @@ def apply_overrides(plan: dict[str, Any], overrides: Mapping[str, Any], source: 
     Raises:
         BundleError: for a key the plan does not have.
     """
-    result = yaml.safe_load(yaml.safe_dump(plan))
+    result = copy.deepcopy(plan)
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         section = result
@@ -145,6 +146,46 @@ def load_plan(path: str | os.PathLike, overrides: Mapping[str, Any] | None = Non
     plan = apply_overrides(plan, overrides or {}, path)
     validate_plan(plan, path)
     return plan
+
+
+def read_plan_text(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], str]:
+    """A plan file as :func:`write_plan` wrote it: its values, the reasons of its comments, its header.
+
+    The reasons are read back by the file's layout (a key per line, two spaces per section level, ``- `` for
+    list items, ``  # `` before the reason): what :func:`write_plan` needs to write the file again with a few
+    values changed. A line whose comment a user removed simply has no reason.
+
+    Returns:
+        ``(plan, reasons, header)``; ``reasons`` keyed by dotted path as :func:`render_plan` takes them.
+    """
+    text = Path(path).read_text()
+    plan = yaml.safe_load(text)
+    reasons: dict[str, str] = {}
+    header: list[str] = []
+    parents: list[str] = []
+    items: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            if not reasons and not parents:
+                header.append(line[2:] if line.startswith("# ") else line[1:])
+            continue
+        content, _, reason = line.partition("  # ")
+        depth = (len(content) - len(content.lstrip(" "))) // 2
+        stripped = content.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("- "):
+            section = ".".join(parents[:depth + 1])
+            index = items.get(section, 0)
+            items[section] = index + 1
+            key = f"{section}.{index}"
+        else:
+            name = stripped.split(":", 1)[0]
+            parents[depth:] = [name]
+            key = ".".join(parents[:depth + 1])
+        if reason:
+            reasons[key] = reason.strip()
+    return plan, reasons, "\n".join(header)
 
 
 def _per_axis(value: Any, dims: int) -> list[int] | None:

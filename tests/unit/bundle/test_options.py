@@ -7,9 +7,6 @@ import torch
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.options import check_device, check_patch_size, check_training_options
-from unet_med.networks import UNet
-
-NETWORK = UNet(3, 1, 3, features=(16, 32, 64, 128))  # three poolings: the coarsest map is 1/8 of the input
 GOOD = {"epochs": 2, "val_interval": 1, "batch_size": 2, "learning_rate": 0.002, "patch_size": [32, 48, 32]}
 
 
@@ -28,18 +25,21 @@ GOOD = {"epochs": 2, "val_interval": 1, "batch_size": 2, "learning_rate": 0.002,
         ("patch_size", [32, 48], "--patch_size [32, 48]: expected 3 whole numbers of at least 1"),
         ("patch_size", [32, 0, 32], "--patch_size [32, 0, 32]: expected 3 whole numbers"),
         ("patch_size", "big", "--patch_size 'big': expected 3 whole numbers"),
-        ("patch_size", [8, 8, 8], "--patch_size [8, 8, 8]: an input of 8 x 8 x 8 voxels leaves a coarsest feature"),
     ],
 )
 def test_a_wrong_option_is_named_with_what_it_takes(option, value, message):
     with pytest.raises(BundleError) as error:
-        check_training_options(**{**GOOD, option: value}, device="cpu", network=NETWORK)
+        check_training_options(**{**GOOD, option: value}, device="cpu", spatial_dims=3)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
 def test_good_options_pass_and_a_2d_network_takes_two_sizes():
-    check_training_options(**GOOD, device=torch.device("cpu"), network=NETWORK)
-    assert check_patch_size([48, 64], UNet(2, 1, 3, features=(16, 32, 64, 128))) == [48, 64]
+    check_training_options(**GOOD, device=torch.device("cpu"), spatial_dims=3)
+    assert check_patch_size([48, 64], 2) == [48, 64]
+
+
+def test_options_left_to_the_plan_are_not_checked():
+    check_training_options(None, 1, None, 0.002, None, "cpu", 3)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -1,0 +1,359 @@
+"""The bundles' side of the plan: one ``models/plan.yaml`` read by every config, overridden from the command line.
+
+The configs of both bundles call these functions with the bundle's ``spatial_dims``, so that everything that
+differs between the 2D and the 3D bundle (the crop, the slice squeezed out of it, the inferer) is decided here,
+from the plan, and the two bundles' YAML files are the same but for their ``spatial_dims`` line.
+
+- Training (:func:`training_plan`) plans from the data set when the file is missing (data check, fingerprint,
+  decision table, :func:`unet_med.bundle.plan.plan_dataset`), then loads the file with the command line's
+  overrides (they win) and validates it; :class:`PlanWriter` writes that effective plan back when the trainer
+  starts, and :class:`PlanRecord` puts it into ``model.pt`` and the training state.
+- Evaluation and inference (:func:`trained_plan`) load the same file and refuse a ``model.pt`` that records no
+  plan or another one, in anything that changes the preprocessing or the network (``MODEL_KEYS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite import distributed as idist
+from ignite.engine import Engine, Events
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.transforms import Identityd, MapTransform, SqueezeDimd
+
+from unet_med.bundle.datalists import label_names
+from unet_med.bundle.dataset_check import check_dataset
+from unet_med.bundle.errors import BundleError
+from unet_med.bundle.fingerprint import channel_names
+from unet_med.bundle.io import load_checkpoint
+from unet_med.bundle.plan_file import apply_overrides, load_plan, read_plan_text, validate_plan, write_plan
+
+__all__ = [
+    "MODEL_KEYS",
+    "PlanRecord",
+    "PlanWriter",
+    "cached_dataset",
+    "check_dataset_against_plan",
+    "crop_ratios",
+    "crop_size",
+    "first_difference",
+    "to_network_dims",
+    "trained_plan",
+    "training_plan",
+    "window_inferer",
+]
+
+# What a trained model depends on: the preprocessing (spacing, normalisation, the patch it was trained on) and
+# the network. Batch, epochs, inference windows, cache and the cost estimates may differ without harm.
+MODEL_KEYS = ("spatial_dims", "in_channels", "num_classes", "pixdim", "normalization", "patch_size", "network")
+OVERRIDE_REASON = "set on the command line"
+
+
+def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The overrides a user set: ``None`` means "from the plan"."""
+    return {key: value for key, value in (overrides or {}).items() if value is not None}
+
+
+def _replan_hint(path: Path, dims: int) -> str:
+    return (f"delete it to plan again from the data (training does), or run python -m unet_med.bundle.plan "
+            f"DATASET_DIR --dims {dims} --output {path}")
+
+
+def _check_dims(plan: Mapping[str, Any], path: Path, spatial_dims: int) -> None:
+    if plan["spatial_dims"] != spatial_dims:
+        raise BundleError(f"{path}: spatial_dims = {plan['spatial_dims']}: this is the {spatial_dims}D bundle; "
+                          + _replan_hint(path, spatial_dims))
+
+
+def training_plan(
+    plan_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    spatial_dims: int,
+    device: str | torch.device,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The plan training runs with: the file (planned from the data set first when missing) and the overrides.
+
+    Args:
+        plan_file: ``models/plan.yaml``.
+        dataset_dir: the Decathlon folder planned from when the file is missing.
+        spatial_dims: the bundle's: 3, or 2 for slices.
+        device: the device training runs on; a missing plan is planned for it.
+        overrides: dotted plan keys to values, ``None`` for "from the plan" (the config's ``plan_overrides``).
+
+    Returns:
+        The validated plan, overrides applied.
+
+    Raises:
+        BundleError: one line: the data check's problems, a plan that does not fit the bundle, or a value (from
+            the file or the command line) the bundles cannot run.
+    """
+    from unet_med.bundle.plan import PlanSettings, decision_table, plan_dataset
+
+    path = Path(plan_file)
+    if not path.is_file():
+        settings = PlanSettings(device=torch.device(device).type, spatial_dims=spatial_dims)
+        plan, reasons = plan_dataset(dataset_dir, path, settings)
+        print(decision_table(plan, reasons), flush=True)
+        print(f"plan written to {path}", flush=True)
+    plan = load_plan(path)
+    _check_dims(plan, path, spatial_dims)
+    given = _given(overrides)
+    if not given:
+        return plan
+    effective = apply_overrides(plan, given, path)
+    validate_plan(effective, f"{path} with --{' --'.join(key.split('.')[-1] for key in given)}")
+    return effective
+
+
+def check_dataset_against_plan(
+    dataset_dir: str | os.PathLike, plan: Mapping[str, Any], plan_file: str | os.PathLike
+) -> list[dict[str, str]]:
+    """The data check of training, for the plan's channels and classes.
+
+    ``dataset.json``'s channel names and labels must match the plan's ``in_channels`` and ``num_classes`` (a
+    plan made for another data set), then every case is checked
+    (:func:`unet_med.bundle.dataset_check.check_dataset`).
+
+    Returns:
+        The checked training cases.
+
+    Raises:
+        BundleError: one line naming the plan file and the key that does not fit the data set, or the data
+            check's error.
+    """
+    path = Path(plan_file)
+    names = channel_names(dataset_dir)
+    if names is not None and len(names) != plan["in_channels"]:
+        raise BundleError(f"{path}: in_channels = {plan['in_channels']}: {dataset_dir} has {len(names)} channels "
+                          f"({', '.join(names)}); " + _replan_hint(path, plan["spatial_dims"]))
+    classes = len(label_names(dataset_dir))
+    if classes != plan["num_classes"]:
+        raise BundleError(f"{path}: num_classes = {plan['num_classes']}: {dataset_dir} has {classes} labels, "
+                          "background included; " + _replan_hint(path, plan["spatial_dims"]))
+    return check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
+
+
+def first_difference(recorded: Any, current: Any, prefix: str = "") -> str | None:
+    """The first dotted key at which two plans (or parts of them) differ, or ``None`` if they are equal."""
+    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
+        for key in list(recorded) + [k for k in current if k not in recorded]:
+            found = first_difference(recorded.get(key), current.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
+        for index, (a, b) in enumerate(zip(recorded, current)):
+            found = first_difference(a, b, f"{prefix}{index}.")
+            if found:
+                return found
+        return None
+    return None if recorded == current else prefix.rstrip(".")
+
+
+def _model_difference(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    return first_difference({key: recorded.get(key) for key in MODEL_KEYS}, {key: current[key] for key in MODEL_KEYS})
+
+
+def _lookup(plan: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = plan
+    for part in dotted.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _mismatch(model_file: Path, recorded: Mapping[str, Any], plan: Mapping[str, Any], source: str, key: str) -> str:
+    return (f"{model_file}: trained with another plan than {source}: {key} = "
+            f"{json.dumps(_lookup(recorded, key))} in the model, {json.dumps(_lookup(plan, key))} in the plan; "
+            f"use the plan.yaml written beside this model by its training, or train again")
+
+
+def trained_plan(
+    plan_file: str | os.PathLike,
+    model_file: str | os.PathLike,
+    spatial_dims: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The plan evaluation and inference run with: the file, checked against the plan ``model_file`` records.
+
+    Args:
+        plan_file: ``models/plan.yaml``.
+        model_file: ``models/model.pt``, as training saves it: ``{"model": state_dict, "plan": plan}``.
+        spatial_dims: the bundle's.
+        overrides: dotted plan keys to values, ``None`` for "from the plan" (e.g. the sliding-window batch).
+
+    Returns:
+        The validated plan, overrides applied.
+
+    Raises:
+        BundleError: one line, before anything is built: no model, no plan file, a model that records no plan,
+            or a plan (with the overrides) that differs from the model's in a key of ``MODEL_KEYS``.
+    """
+    path, model_file = Path(plan_file), Path(model_file)
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        raise BundleError(f"{model_file}: records no plan (saved before plans, or not by the bundles' training): "
+                          "train it again, or save it as {'model': state_dict, 'plan': the plan it was trained with}")
+    if not path.is_file():
+        raise BundleError(f"{path}: no plan file: evaluation and inference read the plan that training wrote beside "
+                          f"{model_file.name}; copy it there with the model")
+    plan = load_plan(path)
+    _check_dims(plan, path, spatial_dims)
+    given = _given(overrides)
+    source = str(path)
+    if given:
+        source = f"{path} with --{' --'.join(key.split('.')[-1] for key in given)}"
+        plan = apply_overrides(plan, given, path)
+        validate_plan(plan, source)
+    differs = _model_difference(recorded, plan)
+    if differs:
+        raise BundleError(_mismatch(model_file, recorded, plan, source, differs))
+    return plan
+
+
+class PlanRecord:
+    """The plan as a checkpoint entry: saved into ``model.pt`` and the training state beside the weights.
+
+    Its :meth:`state_dict` is the plan (plain values, so ``torch.load(weights_only=True)`` reads it); loading a
+    training state (resuming) whose plan differs from this one in a key of ``MODEL_KEYS`` is refused.
+
+    Args:
+        plan: the effective plan.
+        plan_file: its file, named in errors.
+    """
+
+    def __init__(self, plan: Mapping[str, Any], plan_file: str | os.PathLike) -> None:
+        self.plan = dict(plan)
+        self.plan_file = Path(plan_file)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plan."""
+        return dict(self.plan)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Check that a saved plan is this one, for the model; a resumed run keeps its own batch and epochs.
+
+        Raises:
+            BundleError: if they differ in a key of ``MODEL_KEYS``.
+        """
+        differs = _model_difference(state_dict, self.plan)
+        if differs:
+            raise BundleError(
+                f"the training state was saved with another plan than {self.plan_file}: {differs} = "
+                f"{json.dumps(_lookup(state_dict, differs))} there, {json.dumps(_lookup(self.plan, differs))} now; "
+                "resume with the plan it was trained with, or pass --overwrite true to train anew"
+            )
+
+
+class PlanWriter:
+    """Trainer handler: writes the effective plan (the file with the command line's overrides) when training starts.
+
+    Attached after :class:`~unet_med.bundle.handlers.BestModelGuard`, so that a training it refuses changes no
+    file; evaluation and inference then read exactly training's values. Values set on the command line get the
+    reason ``"set on the command line"``; the other values keep the file's reasons. Written on rank 0 only.
+
+    Args:
+        plan: the effective plan.
+        plan_file: ``models/plan.yaml``.
+    """
+
+    def __init__(self, plan: Mapping[str, Any], plan_file: str | os.PathLike) -> None:
+        self.plan = dict(plan)
+        self.plan_file = Path(plan_file)
+
+    def attach(self, engine: Engine) -> None:
+        """Write when ``engine`` starts."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the plan if it differs from the file."""
+        if idist.get_rank() != 0:
+            return
+        on_disk, reasons, header = read_plan_text(self.plan_file)
+        if on_disk == self.plan:
+            return
+        for key in _changed_keys(on_disk, self.plan):
+            reasons[key] = f"{OVERRIDE_REASON} (the file had {json.dumps(_lookup(on_disk, key))})"
+        write_plan(self.plan_file, self.plan, reasons, header)
+        engine.logger.info(f"Wrote the plan with the command line's values to {self.plan_file}")
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of ``new`` whose value differs from ``old``'s (a section's leaves; a list as a whole)."""
+    keys = []
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(old.get(key), Mapping):
+            keys += _changed_keys(old[key], value, f"{prefix}{key}.")
+        elif old.get(key) != value:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def crop_size(plan: Mapping[str, Any]) -> list[int]:
+    """What the training patches are cropped to from a volume: the patch; for 2D one slice more, ``patch + [1]``."""
+    patch = list(plan["patch_size"])
+    return patch + [1] if plan["spatial_dims"] == 2 else patch
+
+
+def to_network_dims(keys: Sequence[Hashable], plan: Mapping[str, Any]) -> MapTransform:
+    """The transform that turns a cropped patch into the network's input: 2D squeezes the slice axis out."""
+    return SqueezeDimd(keys=keys, dim=-1) if plan["spatial_dims"] == 2 else Identityd(keys=keys)
+
+
+def crop_ratios(plan: Mapping[str, Any]) -> list[int]:
+    """How often a training patch is centred on each class, background first.
+
+    3D: every class alike. 2D: background twice as often, since a slice centred on a class holds little else.
+    """
+    background = 2 if plan["spatial_dims"] == 2 else 1
+    return [background] + [1] * (plan["num_classes"] - 1)
+
+
+def window_inferer(plan: Mapping[str, Any], mode: str = "gaussian") -> Inferer:
+    """The plan's sliding-window inferer: windows of the patch, the plan's window batch and overlap.
+
+    3D: :class:`monai.inferers.SlidingWindowInferer`; 2D: :class:`monai.inferers.SliceInferer` over the
+    volume's last axis (the 2D network sees one slice at a time).
+    """
+    common = {"roi_size": list(plan["patch_size"]), "sw_batch_size": plan["inference"]["sw_batch_size"],
+              "overlap": plan["inference"]["overlap"], "mode": mode}
+    if plan["spatial_dims"] == 2:
+        return SliceInferer(spatial_dim=2, **common)
+    return SlidingWindowInferer(**common)
+
+
+def preprocessing_key(plan: Mapping[str, Any]) -> str:
+    """A short hash of what the cached preprocessing depends on, naming its cache folder."""
+    relevant = {key: plan[key] for key in ("spatial_dims", "in_channels", "pixdim", "normalization", "patch_size")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_dataset(
+    data: Sequence[Mapping[str, Any]],
+    transform: Any,
+    plan: Mapping[str, Any],
+    cache_dir: str | os.PathLike,
+    cache_rate: float = 1.0,
+    num_workers: int = 0,
+) -> Dataset:
+    """The plan's cache: ``ram``: a :class:`~monai.data.CacheDataset`; ``disk``: a :class:`~monai.data.PersistentDataset`.
+
+    On disk the deterministic steps are kept in ``cache_dir/<hash of the plan's preprocessing>/``: a new plan
+    gets a new folder instead of reading cases prepared another way.
+    """
+    if plan["cache"]["policy"] == "ram":
+        return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
+    return PersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / preprocessing_key(plan))
