@@ -81,6 +81,40 @@ def bundle_cli(child_env: dict[str, str]) -> Callable[..., subprocess.CompletedP
     return run
 
 
+@pytest.fixture(scope="session")
+def planned_models(tmp_path_factory, samples, bundle_dirs) -> dict[str, Path]:
+    """A models folder per bundle, as training leaves it, with freshly initialised weights.
+
+    ``{"2d": folder, "3d": folder}``, each holding ``plan.yaml`` (data_samples planned for the CPU with the
+    bundle's dimensions) and ``model.pt`` (``{"model": state_dict, "plan": plan}``, the network built by the
+    bundle's inference config). Read-only: copy a folder before changing it.
+    """
+    import shutil
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    from unet_med.bundle.plan import PlanSettings, plan_dataset
+
+    folders = {}
+    fingerprint = None
+    for dims in ("3d", "2d"):
+        folder = tmp_path_factory.mktemp(f"planned_{dims}") / "models"
+        folder.mkdir()
+        if fingerprint is not None:  # the same cases: the cached fingerprint serves both
+            shutil.copy(fingerprint, folder / "fingerprint.json")
+        settings = PlanSettings(device="cpu", spatial_dims=int(dims[0]))
+        plan, _ = plan_dataset(samples, folder / "plan.yaml", settings, workers=1, progress=False)
+        fingerprint = folder / "fingerprint.json"
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dirs[dims] / "configs" / "inference.yaml"))
+        parser["plan"] = plan
+        network = parser.get_parsed_content("network_def")
+        torch.save({"model": network.state_dict(), "plan": plan}, folder / "model.pt")
+        folders[dims] = folder
+    return folders
+
+
 def _write_dicom_series(image, folder: Path) -> None:
     """One DICOM file per slice of a 3D int16 SimpleITK image, with the tags that place each slice in space."""
     folder.mkdir(parents=True)

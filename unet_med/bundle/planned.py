@@ -142,14 +142,19 @@ def check_dataset_against_plan(
 
 
 def first_difference(recorded: Any, current: Any, prefix: str = "") -> str | None:
-    """The first dotted key at which two plans (or parts of them) differ, or ``None`` if they are equal."""
+    """The first dotted key at which two plans (or parts of them) differ, or ``None`` if they are equal.
+
+    Sections and lists of sections (``normalization.0.nonzero``) are followed down; other lists (a patch, the
+    strides) differ as a whole.
+    """
     if isinstance(recorded, Mapping) and isinstance(current, Mapping):
         for key in list(recorded) + [k for k in current if k not in recorded]:
             found = first_difference(recorded.get(key), current.get(key), f"{prefix}{key}.")
             if found:
                 return found
         return None
-    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
+    if (isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current)
+            and all(isinstance(item, Mapping) for item in recorded + current)):  # e.g. one entry per channel
         for index, (a, b) in enumerate(zip(recorded, current)):
             found = first_difference(a, b, f"{prefix}{index}.")
             if found:

@@ -75,7 +75,7 @@ def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path, sam
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
-def test_output_folders_that_cannot_be_written_are_named(name, tmp_path, bundle_dirs):
+def test_output_folders_that_cannot_be_written_are_named(name, tmp_path, bundle_dirs, planned_models):
     blocker = tmp_path / "file"
     blocker.write_text("")
     for config, workflow_type, folder in [
@@ -83,13 +83,15 @@ def test_output_folders_that_cannot_be_written_are_named(name, tmp_path, bundle_
         ("train.yaml", "train", "output_dir"),
         ("inference.yaml", "infer", "output_dir"),
     ]:
-        run = workflow(bundle_dirs[name], config, workflow_type, **{folder: blocker / "sub"})
+        models = {"ckpt_dir": planned_models[name]} if workflow_type == "infer" else {}
+        run = workflow(bundle_dirs[name], config, workflow_type, **{folder: blocker / "sub"}, **models)
         error = error_of(run.initialize)
         assert str(error) == f"output folder {blocker / 'sub'} cannot be created: {blocker} is a file."
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
-def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_path, samples, bundle_dirs):
+def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_path, samples, bundle_dirs,
+                                                                  planned_models):
     good = samples / "imagesTr" / "hippocampus_001.nii.gz"
     truncated = tmp_path / "inputs" / "hippocampus_003.nii.gz"
     truncated.parent.mkdir()
@@ -99,18 +101,20 @@ def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_pat
     nib.save(nib.load(good), twin)
 
     bundle, out = bundle_dirs[name], tmp_path / "out"
-    infer = workflow(bundle, "inference.yaml", "infer", output_dir=out, datalist=[str(good), str(truncated)])
+    models = planned_models[name]
+    infer = workflow(bundle, "inference.yaml", "infer", output_dir=out, datalist=[str(good), str(truncated)],
+                     ckpt_dir=models)
     error = error_of(infer.initialize)
     assert isinstance(error, DatasetError)
     assert str(error) == f"{truncated}: truncated: the file ends before its data does"
 
-    infer = workflow(bundle, "inference.yaml", "infer", output_dir=out, datalist=[str(good), str(twin)])
+    infer = workflow(bundle, "inference.yaml", "infer", output_dir=out, datalist=[str(good), str(twin)],
+                     ckpt_dir=models)
     assert "have the same name, so their outputs would overwrite each other" in str(error_of(infer.initialize))
     assert not (tmp_path / "out").exists()
 
 
 def test_inference_without_trained_model_names_the_checkpoint(tmp_path, bundle_dirs):
     infer = workflow(bundle_dirs["3d"], "inference.yaml", "infer", ckpt_dir=tmp_path, output_dir=tmp_path / "out")
-    infer.initialize()
-    error = error_of(infer.run)
+    error = error_of(infer.initialize)
     assert isinstance(error, CheckpointError) and str(error) == f"no checkpoint file at {tmp_path}/model.pt."

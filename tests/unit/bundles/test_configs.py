@@ -9,15 +9,17 @@ import yaml
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 
 BUNDLE_NAMES = ["2d", "3d"]
+CONFIGS = ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml", "multi_gpu_evaluate.yaml"]
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
-def test_inference_refuses_output_beside_inputs(name, bundle_dirs, samples):
+def test_inference_refuses_output_beside_inputs(name, bundle_dirs, samples, planned_models):
     configs = bundle_dirs[name] / "configs"
     workflow = ConfigWorkflow(
         config_file=str(configs / "inference.yaml"),
         workflow_type="infer",
         bundle_root=str(bundle_dirs[name]),
+        ckpt_dir=str(planned_models[name]),
         output_dir=str(samples / "imagesTr"),
         datalist=str(samples / "imagesTr" / "hippocampus_00[13].nii.gz"),
     )
@@ -42,7 +44,7 @@ def test_metadata_verifies_against_project_schema(name, bundle_dirs):
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
-def test_network_matches_metadata(name, bundle_dirs):
+def test_network_matches_metadata(name, bundle_dirs, planned_models):
     configs = bundle_dirs[name] / "configs"
     verify_net_in_out(
         net_id="network_def",
@@ -51,6 +53,7 @@ def test_network_matches_metadata(name, bundle_dirs):
         device="cpu",
         n=1,
         any=1,
+        ckpt_dir=str(planned_models[name]),
     )
 
 
@@ -64,7 +67,7 @@ def test_network_def_same_in_train_and_inference(name, bundle_dirs):
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 @pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.yaml"), ("infer", "inference.yaml")])
-def test_workflow_has_required_properties(name, workflow_type, config, bundle_dirs):
+def test_workflow_has_required_properties(name, workflow_type, config, bundle_dirs, planned_models):
     configs = bundle_dirs[name] / "configs"
     workflow = ConfigWorkflow(
         config_file=str(configs / config),
@@ -72,6 +75,7 @@ def test_workflow_has_required_properties(name, workflow_type, config, bundle_di
         logging_file=str(configs / "logging.conf"),
         workflow_type=workflow_type,
         bundle_root=str(bundle_dirs[name]),
+        ckpt_dir=str(planned_models[name]),
     )
     workflow.initialize()
     assert not workflow.check_properties()
@@ -93,3 +97,14 @@ def test_both_bundles_check_save_and_resume_alike(bundle_dirs):
     assert entries("3d") == entries("2d")
     assert entries("3d")["resume loader"]["_target_"] == "unet_med.bundle.handlers.WeightsOnlyCheckpointLoader"
     assert entries("3d")["state saver"]["_target_"] == "unet_med.bundle.handlers.TrainingStateSaver"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_both_bundles_share_their_configs_but_the_dimensions(config, bundle_dirs):
+    """One source: the plan carries what differs, so the configs differ only in spatial_dims and the header."""
+    files = {dims: (bundle_dirs[dims] / "configs" / config).read_text().splitlines() for dims in BUNDLE_NAMES}
+    assert len(files["2d"]) == len(files["3d"])
+    differing = [(two, three) for two, three in zip(files["2d"], files["3d"]) if two != three]
+    allowed = [("spatial_dims: 2", "spatial_dims: 3")]
+    assert all(pair in allowed or pair[0].startswith("#") and pair[1].startswith("#") for pair in differing), differing
+    assert config not in ("train.yaml", "inference.yaml") or allowed[0] in differing

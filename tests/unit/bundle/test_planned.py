@@ -1,0 +1,179 @@
+"""The bundles read the plan: one models/plan.yaml, overridden from the command line, recorded in model.pt."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser
+
+from unet_med.bundle.errors import BundleError
+from unet_med.bundle.io import CheckpointError
+from unet_med.bundle.plan import PlanSettings, plan_dataset
+from unet_med.bundle.plan_file import load_plan, read_plan_text, render_plan
+from unet_med.bundle.planned import PlanRecord, PlanWriter, trained_plan, training_plan
+from unet_med.bundle.transforms import normalize_channels
+
+
+def bundle_config(bundle: Path, config: str, plan: dict) -> ConfigParser:
+    """A bundle config as MONAI's bundle runner reads it, with ``plan`` in place of the file's."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser["plan"] = plan
+    return parser
+
+
+def copy_models(planned: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(planned, tmp_path / "models"))
+
+
+@pytest.mark.parametrize("dims", ["2d", "3d"])
+def test_training_and_inference_preprocess_a_case_bit_identically(dims, bundle_dirs, planned_models, samples):
+    plan = load_plan(planned_models[dims] / "plan.yaml")
+    loading = bundle_config(bundle_dirs[dims], "train.yaml", plan).get_parsed_content("loading")
+    preprocessing = bundle_config(bundle_dirs[dims], "inference.yaml", plan).get_parsed_content("preprocessing")
+    case = "hippocampus_001.nii.gz"
+    data = {"image": str(samples / "imagesTr" / case), "label": str(samples / "labelsTr" / case)}
+    for transform in loading:
+        data = transform(data)
+    inferred = preprocessing({"image": str(samples / "imagesTr" / case)})["image"]
+    trained = data["image"]
+    assert all(t >= p for t, p in zip(trained.shape[1:], plan["patch_size"]))  # no padding on this case
+    assert trained.dtype == inferred.dtype == torch.float32
+    assert torch.equal(trained.as_tensor(), inferred.as_tensor())
+    assert abs(float(trained.mean())) < 1e-3 and abs(float(trained.std()) - 1) < 1e-2  # z-scored
+
+
+def test_an_edited_plan_builds_its_network_and_crop(bundle_dirs, planned_models, tmp_path):
+    models = copy_models(planned_models["3d"], tmp_path)
+    text = (models / "plan.yaml").read_text()
+    text = text.replace("patch_size: [32, 48, 32]", "patch_size: [16, 24, 16]")
+    text = text.replace("features: [16, 32, 64, 128]", "features: [8, 16, 32, 64]")
+    (models / "plan.yaml").write_text(text)
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dirs["3d"] / "configs" / "train.yaml"))
+    parser["ckpt_dir"] = str(models)
+    network = parser.get_parsed_content("network_def")
+    assert list(network.features) == [8, 16, 32, 64]
+    crop = parser.get_parsed_content("train#augmentation")[0]
+    assert list(crop.cropper.spatial_size) == [16, 24, 16]
+    assert list(parser.get_parsed_content("validate#inferer").roi_size) == [16, 24, 16]
+
+
+def test_overrides_win_and_are_checked(planned_models, tmp_path, samples):
+    models = copy_models(planned_models["3d"], tmp_path)
+    plan = training_plan(models / "plan.yaml", samples, 3, "cpu",
+                         {"patch_size": [24, 32, 24], "epochs": 3, "inference.overlap": None})
+    assert plan["patch_size"] == [24, 32, 24] and plan["epochs"] == 3 and plan["inference"]["overlap"] == 0.25
+    with pytest.raises(BundleError) as error:
+        training_plan(models / "plan.yaml", samples, 3, "cpu", {"patch_size": "[30,48,32]"})
+    assert str(error.value) == (f"{models / 'plan.yaml'} with --patch_size: patch_size = [30, 48, 32]: the network's "
+                                "strides need multiples of [8, 8, 8] per axis")
+    with pytest.raises(BundleError, match=r"plan.yaml: spatial_dims = 3: this is the 2D bundle; delete it"):
+        training_plan(models / "plan.yaml", samples, 2, "cpu")
+
+
+def test_the_effective_plan_is_written_back_with_its_reason(planned_models, tmp_path, samples):
+    models = copy_models(planned_models["3d"], tmp_path)
+    before, reasons, header = read_plan_text(models / "plan.yaml")
+    assert render_plan(before, reasons, header) == (models / "plan.yaml").read_text()  # the file reads back whole
+    plan = training_plan(models / "plan.yaml", samples, 3, "cpu", {"num_samples": 1})
+    PlanWriter(plan, models / "plan.yaml")(_engine())
+    after, reasons, _ = read_plan_text(models / "plan.yaml")
+    assert after == plan and list(after) == list(before)
+    assert reasons["num_samples"] == "set on the command line (the file had 2)"
+    assert reasons["pixdim"] == read_plan_text(planned_models["3d"] / "plan.yaml")[1]["pixdim"]
+
+
+def _engine():
+    from ignite.engine import Engine
+
+    return Engine(lambda engine, batch: None)
+
+
+def test_inference_refuses_a_model_of_another_plan(planned_models, tmp_path):
+    models = copy_models(planned_models["3d"], tmp_path)
+    plan_file, model_file = models / "plan.yaml", models / "model.pt"
+    assert trained_plan(plan_file, model_file, 3, {"inference.sw_batch_size": 8})["inference"]["sw_batch_size"] == 8
+    with pytest.raises(BundleError) as error:
+        trained_plan(plan_file, model_file, 3, {"patch_size": [16, 16, 16]})
+    assert str(error.value).startswith(f"{model_file}: trained with another plan than {plan_file} with --patch_size: "
+                                       "patch_size = [32, 48, 32] in the model, [16, 16, 16] in the plan")
+    plan_file.write_text(plan_file.read_text().replace("nonzero\": false", "nonzero\": true"))
+    with pytest.raises(BundleError, match=r"normalization\.0\.nonzero = false in the model, true in the plan"):
+        trained_plan(plan_file, model_file, 3)
+    plan_file.unlink()
+    with pytest.raises(BundleError, match=r"plan.yaml: no plan file: evaluation and inference read the plan"):
+        trained_plan(plan_file, model_file, 3)
+    torch.save(torch.load(model_file, weights_only=True)["model"], model_file)
+    with pytest.raises(BundleError, match=r"model.pt: records no plan"):
+        trained_plan(plan_file, model_file, 3)
+    model_file.unlink()
+    with pytest.raises(CheckpointError, match=r"no checkpoint file at"):
+        trained_plan(plan_file, model_file, 3)
+
+
+def test_resuming_with_another_plan_is_refused(planned_models):
+    plan = load_plan(planned_models["3d"] / "plan.yaml")
+    record = PlanRecord(plan, "models/plan.yaml")
+    record.load_state_dict({**plan, "epochs": 9})  # a longer run: same model
+    with pytest.raises(BundleError, match=r"saved with another plan than models/plan.yaml: pixdim = \[2"):
+        record.load_state_dict({**plan, "pixdim": [2.0, 2.0, 2.0]})
+
+
+def ct_like(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A body of soft tissue (40 HU) with a bone (1000 HU) in air (-1024 HU), labels on the tissue."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, -1024.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    x, y, z = shape
+    image[x // 4: 3 * x // 4, y // 4: 3 * y // 4] = 40 + rng.normal(0, 20, (x // 2, y // 2, z))
+    label[x // 3: 2 * x // 3, y // 3: 2 * y // 3] = 1
+    image[x // 2 - 2: x // 2 + 2, y // 2 - 2: y // 2 + 2] = 3000.0
+    return image, label
+
+
+def test_a_ct_data_set_is_clipped_and_scaled_by_the_plan(write_decathlon, bundle_dirs, tmp_path):
+    cases = [ct_like((64, 64, 20), seed) for seed in range(3)]
+    folder = write_decathlon(cases, [(0.8, 0.8, 3.0)] * 3, channel_names=["CT"])
+    plan, _ = plan_dataset(folder, tmp_path / "models" / "plan.yaml", PlanSettings(), workers=1, progress=False)
+    entry = plan["normalization"][0]
+    assert entry["scheme"] == "ct" and -1024 < entry["clip"][0] < entry["clip"][1] <= 3000
+    preprocessing = bundle_config(bundle_dirs["3d"], "inference.yaml", plan).get_parsed_content("preprocessing")
+    image = preprocessing({"image": str(folder / "imagesTr" / "case_000.nii.gz")})["image"]
+    low, high = ((value - entry["mean"]) / entry["std"] for value in entry["clip"])
+    assert float(image.min()) == pytest.approx(low, rel=1e-4) and float(image.max()) == pytest.approx(high, rel=1e-4)
+
+
+def test_four_channels_build_four_inputs_each_normalised(write_decathlon, bundle_dirs, tmp_path):
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(2):
+        image = np.zeros((40, 40, 24, 4), dtype=np.float32)
+        image[5:35, 5:35, 2:22] = rng.normal([100, 500, 2000, 10], [10, 50, 300, 2], (30, 30, 20, 4))
+        label = np.zeros((40, 40, 24), dtype=np.uint8)
+        label[15:25, 15:25, 8:16] = 1
+        cases.append((image, label))
+    folder = write_decathlon(cases, [(1.0, 1.0, 1.0)] * 2, channel_names=["FLAIR", "T1w", "T1gd", "T2w"])
+    plan, _ = plan_dataset(folder, tmp_path / "models" / "plan.yaml", PlanSettings(), workers=1, progress=False)
+    assert plan["in_channels"] == 4 and [entry["scheme"] for entry in plan["normalization"]] == ["zscore"] * 4
+    network = bundle_config(bundle_dirs["3d"], "train.yaml", plan).get_parsed_content("network_def")
+    assert network(torch.zeros(1, 4, *plan["patch_size"])).shape == (1, plan["num_classes"], *plan["patch_size"])
+    image = torch.as_tensor(cases[0][0]).permute(3, 0, 1, 2)
+    normalised = normalize_channels(image, [{"scheme": "zscore", "nonzero": True}] * 4)
+    body = image[0] != 0
+    for channel in normalised:
+        assert abs(float(channel[body].mean())) < 1e-4 and abs(float(channel[body].std()) - 1) < 1e-2
+        assert float(channel[~body].abs().max()) == 0
+
+
+def test_plan_file_sections_read_back(planned_models):
+    plan, reasons, header = read_plan_text(planned_models["2d"] / "plan.yaml")
+    assert plan == yaml.safe_load((planned_models["2d"] / "plan.yaml").read_text())
+    assert header.startswith("Planned by python -m unet_med.bundle.plan")
+    assert reasons["network.strides"].startswith("per pooling and axis")
+    assert reasons["normalization.0"].startswith("MRI: intensities without a unit")
