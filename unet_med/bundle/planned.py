@@ -310,7 +310,7 @@ def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = 
 def crop_size(plan: Mapping[str, Any]) -> list[int]:
     """What the training patches are cropped to from a volume: the patch; for 2D one slice more, ``patch + [1]``."""
     patch = list(plan["patch_size"])
-    return patch + [1] if plan["spatial_dims"] == 2 else patch
+    return [*patch, 1] if plan["spatial_dims"] == 2 else patch
 
 
 def to_network_dims(keys: Sequence[Hashable], plan: Mapping[str, Any]) -> MapTransform:
@@ -354,7 +354,7 @@ def cached_dataset(
     cache_rate: float = 1.0,
     num_workers: int = 0,
 ) -> Dataset:
-    """The plan's cache: ``ram``: a :class:`~monai.data.CacheDataset`; ``disk``: a :class:`~monai.data.PersistentDataset`.
+    """The plan's cache: ``ram``: a ``CacheDataset``; ``disk``: a ``PersistentDataset`` (MONAI's).
 
     On disk the deterministic steps are kept in ``cache_dir/<hash of the plan's preprocessing>/``: a new plan
     gets a new folder instead of reading cases prepared another way.

@@ -7,6 +7,7 @@ import torch
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.options import check_device, check_patch_size, check_training_options
+
 GOOD = {"epochs": 2, "val_interval": 1, "batch_size": 2, "learning_rate": 0.002, "patch_size": [32, 48, 32]}
 
 
