@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.bundle import ckpt_export
-
-from unet_med.networks import UNet
+from monai.bundle import ConfigParser, ckpt_export
 
 pytestmark = pytest.mark.bundle_cli
 
 INFER_CASES = "hippocampus_00[13].nii.gz"
+PATCHES = {"2d": [32, 32], "3d": [24, 32, 24]}  # smaller than the plan's, set on the command line
 
 
 @pytest.fixture(scope="module", params=["2d", "3d"])
@@ -31,17 +31,22 @@ def trained(request, tmp_path_factory, bundle_dirs, bundle_cli):
     """
     bundle, out = bundle_dirs[request.param], tmp_path_factory.mktemp(f"bundle_{request.param}")
     overrides = ["--epochs", "3", "--val_interval", "2", "--num_samples", "1", "--num_val", "1", "--amp", "false"]
+    overrides += ["--patch_size", json.dumps(PATCHES[request.param])]
     overrides += ["--train#dataset#data", "$@datalists['training'][:2]"]
     result = bundle_cli(bundle, "configs/train.yaml", out, "runs", *overrides, run_id="training")
     return bundle, out, result.stdout
 
 
 def test_training_writes_best_model_and_report(trained):
-    bundle, out, _ = trained
-    state = torch.load(out / "models" / "model.pt", weights_only=True)
-    network_def = yaml.safe_load((bundle / "configs" / "train.yaml").read_text())["network_def"]
-    kwargs = {k: v for k, v in network_def.items() if k != "_target_"} | {"out_channels": 3}
-    UNet(**kwargs).load_state_dict(state)
+    bundle, out, stdout = trained
+    assert "plan written to" in stdout and "pixdim" in stdout  # planned first, with the decision table
+    plan = yaml.safe_load((out / "models" / "plan.yaml").read_text())
+    checkpoint = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert checkpoint["plan"] == plan
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser["ckpt_dir"] = str(out / "models")
+    parser.get_parsed_content("network_def").load_state_dict(checkpoint["model"])
     for name in ("learning_curves.png", "validation_overlay.png"):
         assert (out / "runs" / name).stat().st_size > 1000
     assert list((out / "runs").glob("events.out.tfevents.*"))
@@ -99,6 +104,35 @@ def test_inference_writes_labels_in_input_space(trained, bundle_cli, samples):
     assert len(list((out / "pred").iterdir())) == 2
 
 
+def test_command_line_values_win_and_are_written_into_the_plan(trained):
+    bundle, out, _ = trained
+    text = (out / "models" / "plan.yaml").read_text()
+    patch = PATCHES["3d" if "3d" in bundle.name else "2d"]
+    assert f"patch_size: {json.dumps(patch)}  # set on the command line (the file had " in text
+    assert "num_samples: 1  # set on the command line (the file had 2)" in text
+    assert "epochs: 3  # set on the command line" in text
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser["ckpt_dir"] = str(out / "models")
+    assert list(parser.get_parsed_content("inferer").roi_size) == patch
+
+
+def test_inference_refuses_a_model_of_another_plan(trained, bundle_cli, samples, tmp_path):
+    bundle, out, _ = trained
+    models = tmp_path / "models"
+    shutil.copytree(out / "models", models, ignore=shutil.ignore_patterns("cache", "previous"))
+    plan = models / "plan.yaml"
+    plan.write_text(plan.read_text().replace("pixdim: [1.0, 1.0, 1.0]", "pixdim: [1.5, 1.5, 1.5]"))
+    datalist = ["--datalist", str(samples / "imagesTr" / INFER_CASES)]
+    result = bundle_cli(bundle, "configs/inference.yaml", tmp_path, "pred", *datalist, check=False)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("unet-med: ")]
+    assert lines == [f"unet-med: {models / 'model.pt'}: trained with another plan than {plan}: pixdim = [1.0, 1.0, "
+                     "1.0] in the model, [1.5, 1.5, 1.5] in the plan; use the plan.yaml written beside this model by "
+                     "its training, or train again"], result.stderr[-3000:]
+    assert not (tmp_path / "pred").exists()
+
+
 def test_torchscript_export_runs(trained):
     bundle, out, _ = trained
     configs = bundle / "configs"
@@ -108,6 +142,8 @@ def test_torchscript_export_runs(trained):
         ckpt_file=str(out / "models" / "model.pt"),
         meta_file=str(configs / "metadata.json"),
         config_file=str(configs / "inference.yaml"),
+        key_in_ckpt="model",
+        ckpt_dir=str(out / "models"),
     )
     net = torch.jit.load(out / "model.ts")
     shape = json.loads((configs / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]

@@ -3,6 +3,7 @@ docs/bundles.md, then run on a real scan: onnxruntime and TorchScript must segme
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -29,22 +30,24 @@ def export(command: str, bundle, out, child_env, *options: str) -> None:
     """Run one export command of the bundle command line in the bundle folder."""
     suffix = {"onnx_export": "onnx", "ckpt_export": "ts"}[command]
     call = [sys.executable, "-m", "monai.bundle", command, "network_def", "--filepath", str(out / f"model.{suffix}")]
-    call += ["--ckpt_file", str(out / "models" / "model.pt"), "--meta_file", "configs/metadata.json"]
+    call += ["--ckpt_file", str(out / "models" / "model.pt"), "--key_in_ckpt", "model"]
+    call += ["--ckpt_dir", str(out / "models"), "--meta_file", "configs/metadata.json"]
     call += ["--config_file", "configs/inference.yaml", *options]
     result = subprocess.run(call, cwd=bundle, env=child_env, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     assert result.returncode == 0, f"{call} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module", params=["2d", "3d"])
-def exported(request, tmp_path_factory, bundle_dirs, child_env):
+def exported(request, tmp_path_factory, bundle_dirs, child_env, planned_models):
     """A bundle's inference config and network with seeded fresh weights, exported to ONNX and TorchScript."""
     bundle, out = bundle_dirs[request.param], tmp_path_factory.mktemp(f"export_{request.param}")
+    shutil.copytree(planned_models[request.param], out / "models")
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser["ckpt_dir"] = str(out / "models")
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
-    (out / "models").mkdir()
-    torch.save(network.state_dict(), out / "models" / "model.pt")
+    torch.save({"model": network.state_dict(), "plan": parser.get_parsed_content("plan")}, out / "models" / "model.pt")
     export("onnx_export", bundle, out, child_env, *ONNX_OPTIONS)
     export("ckpt_export", bundle, out, child_env)
     return parser, network, out

@@ -27,7 +27,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 pytestmark = pytest.mark.monailabel
 
@@ -103,13 +102,10 @@ def write_studies(samples: Path, studies: Path) -> None:
     nib.save(nib.Nifti1Image(data, source.affine @ flip, source.header), studies / f"{REORIENTED}.nii.gz")
 
 
-def write_bundle(source: Path, bundle: Path) -> None:
-    """A copy of a bundle whose models/model.pt holds freshly initialised weights."""
+def write_bundle(source: Path, bundle: Path, models: Path) -> None:
+    """A copy of a bundle whose models/ holds the plan of data_samples and a model.pt of fresh weights with it."""
     shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("models", "runs", "eval", "outputs"))
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    shutil.copytree(models, bundle / "models")
 
 
 def wait_until_ready(server: Server) -> None:
@@ -150,7 +146,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, project_root, samples, bundle_dirs) -> Server:
+def server(tmp_path_factory, project_root, samples, bundle_dirs, planned_models) -> Server:
     """A MONAI Label server serving copies of the bundles; stopped by its process id at the end."""
     script = project_root / "scripts" / "monailabel_server.py"
     ensure_environment(script)
@@ -158,8 +154,8 @@ def server(tmp_path_factory, project_root, samples, bundle_dirs) -> Server:
     write_studies(samples, root / "studies")
     port = free_port()
     command = [sys.executable, str(script), "start", "--studies", str(root / "studies"), "--port", str(port)]
-    for source in bundle_dirs.values():
-        write_bundle(source, root / "bundles" / source.name)
+    for dims, source in bundle_dirs.items():
+        write_bundle(source, root / "bundles" / source.name, planned_models[dims])
         command += ["--bundle", str(root / "bundles" / source.name)]
     command += ["--app", str(root / "app"), "--conf", "epistemic_model", MODEL]
     command += ["--conf", "epistemic_simulation_size", str(SIMULATIONS)]
@@ -269,5 +265,5 @@ def test_submitted_labels_train_the_bundle(labelled, dims):
     assert f"Restored all variables from {served}" in server.log.read_text(), "training ignored models/model.pt"
     after = torch.load(weights, weights_only=True)
     assert weights.stat().st_mtime_ns > modified
-    assert after.keys() == before.keys()
-    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert after.keys() == before.keys() == {"model", "plan"} and after["plan"] == before["plan"]
+    assert any(not torch.equal(before["model"][name], after["model"][name]) for name in before["model"])

@@ -21,14 +21,17 @@ INPUTS = {"nifti": "as_nifti.nii.gz", "dicom": "as_dicom", "nrrd": "as_nrrd.nrrd
 
 
 @pytest.fixture(scope="module", params=["2d", "3d"])
-def predictions(request, tmp_path_factory, bundle_dirs, bundle_cli, scan_formats) -> dict[str, nib.Nifti1Image]:
+def predictions(request, tmp_path_factory, bundle_dirs, bundle_cli, scan_formats,
+                planned_models) -> dict[str, nib.Nifti1Image]:
     """The bundle with seeded fresh weights run once on a folder holding the scan in every format."""
     bundle, out = bundle_dirs[request.param], tmp_path_factory.mktemp(f"formats_{request.param}")
+    shutil.copytree(planned_models[request.param], out / "models")
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser["ckpt_dir"] = str(out / "models")
     torch.manual_seed(0)
-    (out / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), out / "models" / "model.pt")
+    weights = parser.get_parsed_content("network_def").state_dict()
+    torch.save({"model": weights, "plan": parser.get_parsed_content("plan")}, out / "models" / "model.pt")
     scans = out / "scans"
     scans.mkdir()
     for form, name in INPUTS.items():

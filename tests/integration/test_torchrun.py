@@ -60,10 +60,14 @@ def test_ranks_train_on_halves_and_validate_their_own_cases(distributed_run, sam
 
 def test_rank_zero_alone_writes_checkpoint_events_and_logs(distributed_run, bundle_dirs):
     out, stdout = distributed_run
-    assert sorted(path.name for path in (out / "models").iterdir()) == ["checkpoint_latest.pt", "model.pt"]
-    network_def = yaml.safe_load((bundle_dirs["3d"] / "configs" / "train.yaml").read_text())["network_def"]
-    kwargs = {k: v for k, v in network_def.items() if k != "_target_"} | {"out_channels": 3}
-    UNet(**kwargs).load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
+    names = ["checkpoint_latest.pt", "fingerprint.json", "model.pt", "plan.yaml"]
+    assert sorted(path.name for path in (out / "models").iterdir()) == names
+    plan = yaml.safe_load((out / "models" / "plan.yaml").read_text())
+    checkpoint = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert checkpoint["plan"] == plan
+    network = plan["network"]
+    UNet(3, plan["in_channels"], plan["num_classes"], features=network["features"], strides=network["strides"],
+         kernel_size=network["kernel_size"], norm=("instance", {"affine": True})).load_state_dict(checkpoint["model"])
     events = list((out / "runs").glob("events.out.tfevents.*"))
     assert events and len({path.name.rsplit(".", 2)[1] for path in events}) == 1  # one process id
     assert stdout.count("epoch 1/1  loss") == 1 and stdout.count("training finished") == 1  # rank 0 alone reports
