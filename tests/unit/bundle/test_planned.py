@@ -10,12 +10,20 @@ import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser
+from monai.data import CacheDataset, PersistentDataset
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import CheckpointError
 from unet_med.bundle.plan import PlanSettings, plan_dataset
 from unet_med.bundle.plan_file import load_plan, read_plan_text, render_plan
-from unet_med.bundle.planned import PlanRecord, PlanWriter, trained_plan, training_plan
+from unet_med.bundle.planned import (
+    PlanRecord,
+    PlanWriter,
+    cached_dataset,
+    check_dataset_against_plan,
+    trained_plan,
+    training_plan,
+)
 from unet_med.bundle.transforms import normalize_channels
 
 
@@ -177,3 +185,22 @@ def test_plan_file_sections_read_back(planned_models):
     assert header.startswith("Planned by python -m unet_med.bundle.plan")
     assert reasons["network.strides"].startswith("per pooling and axis")
     assert reasons["normalization.0"].startswith("MRI: intensities without a unit")
+
+
+def test_a_plan_for_other_channels_or_classes_is_named(planned_models, samples):
+    plan = load_plan(planned_models["3d"] / "plan.yaml")
+    for key, value, found in (("num_classes", 4, "has 3 labels"), ("in_channels", 2, "has 1 channels (MRI)")):
+        with pytest.raises(BundleError) as error:
+            check_dataset_against_plan(samples, {**plan, key: value}, "models/plan.yaml")
+        assert str(error.value).startswith(f"models/plan.yaml: {key} = {value}: {samples} {found}")
+        assert "delete it to plan again" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_cache_follows_the_plan(planned_models, tmp_path):
+    plan = load_plan(planned_models["3d"] / "plan.yaml")
+    assert isinstance(cached_dataset([], None, plan, tmp_path), CacheDataset)
+    on_disk = {**plan, "cache": {"policy": "disk"}}
+    dataset = cached_dataset([], None, on_disk, tmp_path)
+    assert isinstance(dataset, PersistentDataset) and dataset.cache_dir.parent == tmp_path
+    other = cached_dataset([], None, {**on_disk, "pixdim": [2.0, 2.0, 2.0]}, tmp_path)
+    assert other.cache_dir != dataset.cache_dir  # another preprocessing, another folder
