@@ -96,7 +96,7 @@ def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, bundle_
     assert load_checkpoint(models / "checkpoint_latest.pt")["trainer"]["iteration"] == 2 * (epoch + 1)
     log_after = read_log(runs)
     assert log_after[:epoch] == log_before and [int(row["epoch"]) for row in log_after] == list(range(1, epoch + 2))
-    assert load_checkpoint(models / "model.pt").keys() == network.state_dict().keys()
+    assert load_checkpoint(models / "model.pt")["model"].keys() == network.state_dict().keys()
     assert json.loads((models / LOCK_NAME).read_text())["pid"] == os.getpid(), "the stale lock is taken over"
     release()
     assert not (models / LOCK_NAME).exists()
