@@ -132,7 +132,7 @@ def check_bundle(bundle: Path) -> None:
     """Refuse a folder that MONAI Label would skip (it only logs a warning), naming what is missing.
 
     Raises:
-        ValueError: if the bundle lacks its metadata, its inference config or its weights.
+        ValueError: if the bundle lacks its metadata, its inference config, its weights or its plan.
     """
     configs = bundle / "configs"
     if not (configs / "metadata.json").is_file():
@@ -143,6 +143,11 @@ def check_bundle(bundle: Path) -> None:
         raise ValueError(
             f"{bundle / 'models'} holds no model.pt: MONAI Label serves only bundles with weights; train first "
             "(python -m monai.bundle run training --config_file configs/train.yaml)."
+        )
+    if not (bundle / "models" / "plan.yaml").is_file():
+        raise ValueError(
+            f"{bundle / 'models'} holds no plan.yaml: the bundle's configs read the plan its model was trained with, "
+            "which training writes beside model.pt."
         )
 
 
