@@ -2,7 +2,8 @@
 
 Runs the bundle's own train.yaml and evaluate.yaml (MONAI's ConfigWorkflow, the engine behind
 ``python -m monai.bundle run``) with a fixed, seeded 160/40 split of a Decathlon folder, then prints the
-per-class Dice of the best checkpoint on the 40 validation cases, the wall time and the settings.
+per-class Dice of the best checkpoint on the 40 validation cases, the wall time and the settings. Training
+plans the data set first (``models/plan.yaml`` in the output folder); the options given here win over the plan.
 
     python benchmarks/bench_hippocampus.py /data/Task04_Hippocampus --epochs 32 --val-interval 8
 
@@ -36,8 +37,8 @@ def parse_args() -> argparse.Namespace:
         "--max-minutes", type=float, default=55.0, help="stop training after the epoch that passes this time"
     )
     parser.add_argument("--val-interval", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--num-samples", type=int, default=1, help="patches per case and epoch")
+    parser.add_argument("--batch-size", type=int, default=None, help="cases per step (default: the plan's)")
+    parser.add_argument("--num-samples", type=int, default=None, help="patches per case (default: the plan's)")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: a temporary folder")
