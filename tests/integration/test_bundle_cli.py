@@ -50,7 +50,7 @@ def test_training_writes_best_model_and_report(trained):
     for name in ("learning_curves.png", "validation_overlay.png"):
         assert (out / "runs" / name).stat().st_size > 1000
     assert list((out / "runs").glob("events.out.tfevents.*"))
-    assert "Epoch: 3/3, Iter: 1/1 -- train_loss" in (out / "runs" / "training.log").read_text()
+    assert "Epoch: 3/3, Iter: " in (out / "runs" / "training.log").read_text()  # the plan's batch, 1 or 2 steps
 
 
 def test_training_log_names_the_classes_and_validates_the_last_epoch(trained):
