@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def monailabel_train_config(bundle: Path, folder: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["2d", "3d"])
 @pytest.mark.parametrize("kind", ["train", "evaluate", "monailabel"])
-def test_multi_gpu_configs_build(name, kind, one_process_group, tmp_path, bundle_dirs):
+def test_multi_gpu_configs_build(name, kind, one_process_group, tmp_path, bundle_dirs, planned_models):
     configs = bundle_dirs[name] / "configs"
+    shutil.copytree(planned_models[name], tmp_path / "models")  # the plan, and a model to evaluate
     files = {
         "train": [configs / "train.yaml", configs / "multi_gpu_train.yaml"],
         "evaluate": [configs / "train.yaml", configs / "evaluate.yaml", configs / "multi_gpu_evaluate.yaml"],
