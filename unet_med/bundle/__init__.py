@@ -10,9 +10,12 @@
 - :mod:`~unet_med.bundle.fingerprint`: a data set's spacings, shapes, intensities and labels, cached as JSON.
 - :mod:`~unet_med.bundle.plan`: training and inference planned from the fingerprint, each value with its reason.
 - :mod:`~unet_med.bundle.plan_file`: the plan file: written with its reasons, loaded, overridden, validated.
+- :mod:`~unet_med.bundle.planned`: the bundles' side of the plan: planned when missing, overridden, recorded in
+  ``model.pt`` and checked against it; the crop and inferer of 2D and 3D.
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
 - :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
-- :mod:`~unet_med.bundle.transforms`: ``IsolatedSpacingd``, the inference configs' resampling, safe in MONAI Label.
+- :mod:`~unet_med.bundle.transforms`: ``PlanNormalized``, the plan's per-channel normalisation; ``IsolatedSpacingd``,
+  the inference configs' resampling, safe in MONAI Label.
 - :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.
 - :mod:`~unet_med.bundle.errors`: user errors, shown as one line at the command line.
 - :mod:`~unet_med.bundle.lock`: one training at a time per output folder.
