@@ -18,8 +18,10 @@ highdicom (``pip install "unet-med[dicom]"``) is imported only when a SEG is wri
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +55,19 @@ SEG_SUFFIX = ".dcm"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 INSTALL_HINT = 'pip install "unet-med[dicom]"'
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Drop the info records of the logger ``name`` within the block (highdicom logs every module it copies)."""
+    quieted = logging.getLogger(name)
+    level = quieted.level
+    quieted.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        quieted.setLevel(level)
 
 
 def _highdicom() -> Any:
@@ -190,22 +205,24 @@ def write_dicom_seg(
         )
         for number, name in enumerate(class_names, start=1)
     ]
-    seg = highdicom.seg.Segmentation(
-        source_images=datasets,
-        pixel_array=frames,
-        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments,
-        series_instance_uid=highdicom.UID(),
-        series_number=1,
-        sop_instance_uid=highdicom.UID(),
-        instance_number=1,
-        manufacturer="unet-med",
-        manufacturer_model_name="unet-med",
-        software_versions=unet_med.__version__,
-        device_serial_number="0",  # software, no device
-        series_description="unet-med segmentation",
-        content_label="UNET_MED",
-    )
+    logger.info(f"writing: {output_path}")
+    with _quiet("highdicom"):
+        seg = highdicom.seg.Segmentation(
+            source_images=datasets,
+            pixel_array=frames,
+            segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments,
+            series_instance_uid=highdicom.UID(),
+            series_number=1,
+            sop_instance_uid=highdicom.UID(),
+            instance_number=1,
+            manufacturer="unet-med",
+            manufacturer_model_name="unet-med",
+            software_versions=unet_med.__version__,
+            device_serial_number="0",  # software, no device
+            series_description="unet-med segmentation",
+            content_label="UNET_MED",
+        )
     with atomic_write(output_path) as partial:
         seg.save_as(partial)
     return Path(output_path)
