@@ -12,6 +12,7 @@
 - :mod:`~unet_med.bundle.plan_file`: the plan file: written with its reasons, loaded, overridden, validated.
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
 - :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
+- :mod:`~unet_med.bundle.dicom_seg`: predictions as DICOM SEG objects that reference their source series.
 - :mod:`~unet_med.bundle.transforms`: ``IsolatedSpacingd``, the inference configs' resampling, safe in MONAI Label.
 - :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.
 - :mod:`~unet_med.bundle.errors`: user errors, shown as one line at the command line.
