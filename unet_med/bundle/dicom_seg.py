@@ -190,7 +190,7 @@ def write_dicom_seg(
     datasets = read_series(series_dir)
     if affine is None:
         affine = SimpleITKReader().get_data(read_scan(series_dir))[1][MetaKeys.AFFINE]
-    frames = series_frames(label_map, affine, datasets).astype(np.uint8)
+    frames = series_frames(label_map, affine, datasets).astype(np.min_scalar_type(len(class_names)))
     algorithm = highdicom.AlgorithmIdentificationSequence(
         name="unet-med", version=unet_med.__version__, family=codes.cid7162.ArtificialIntelligence
     )
@@ -292,7 +292,11 @@ class SaveDicomSegd(MapTransform):
                     f"SaveDicomSegd on '{key}': no saved NIfTI path in its metadata; put it after "
                     "SaveImaged(..., savepath_in_metadict=True)."
                 )
-            label_map = np.asarray(prediction.detach().cpu().numpy()[0]).astype(np.int64)
+            if prediction.ndim != 4 or prediction.shape[0] != 1:
+                raise BundleError(
+                    f"SaveDicomSegd on '{key}': expected a (1, X, Y, Z) label map, got shape {tuple(prediction.shape)}."
+                )
+            label_map = prediction.detach().cpu().numpy()[0].astype(np.int64)
             write_dicom_seg(
                 label_map,
                 meta[ImageMetaKey.FILENAME_OR_OBJ],

@@ -161,3 +161,5 @@ def test_save_dicom_segd_writes_beside_the_nifti_what_the_nifti_holds(series, tm
 
     with pytest.raises(ValueError, match="put it after SaveImaged"):
         SaveDicomSegd("pred", CLASSES)(unsaved)
+    with pytest.raises(ValueError, match=r"expected a \(1, X, Y, Z\) label map, got shape \(3, 35, 51, 35\)"):
+        SaveDicomSegd("pred", CLASSES)({"pred": data["pred"].repeat(3, 1, 1, 1)})
