@@ -81,9 +81,8 @@ def test_the_seg_holds_the_label_map_voxel_for_voxel_and_references_the_series(s
         assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("unet-med", unet_med.__version__)
 
     # Each frame lies where its source slice lies.
-    positions = {
-        pydicom.dcmread(file).SOPInstanceUID: pydicom.dcmread(file).ImagePositionPatient for file in series.iterdir()
-    }
+    sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.iterdir()]
+    positions = {dataset.SOPInstanceUID: dataset.ImagePositionPatient for dataset in sources}
     for frame in seg.PerFrameFunctionalGroupsSequence:
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         assert frame.PlanePositionSequence[0].ImagePositionPatient == positions[uid]
