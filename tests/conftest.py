@@ -123,6 +123,7 @@ def _write_dicom_series(image, folder: Path) -> None:
         "0008|0060": "MR",
         "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
         "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
+        "0020|0052": "1.2.826.0.1.3680043.2.1125.1.2",
         "0020|0037": "\\".join(f"{value:.6f}" for value in direction[0::3] + direction[1::3]),
         "0028|0030": "\\".join(f"{value:.6f}" for value in reversed(image.GetSpacing()[:2])),
         "0018|0050": f"{image.GetSpacing()[2]:.6f}",

@@ -14,6 +14,7 @@
   ``model.pt`` and checked against it; the crop and inferer of 2D and 3D.
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
 - :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
+- :mod:`~unet_med.bundle.dicom_seg`: predictions as DICOM SEG objects that reference their source series.
 - :mod:`~unet_med.bundle.transforms`: ``PlanNormalized``, the plan's per-channel normalisation; ``IsolatedSpacingd``,
   the inference configs' resampling, safe in MONAI Label.
 - :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.

@@ -246,17 +246,19 @@ def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = (
     """Refuse an output folder that cannot be written, or whose predictions would overwrite anything.
 
     Predictions are named after their inputs (``x.nii.gz`` -> ``output_dir/x_seg.nii.gz``, as MONAI's
-    ``SaveImaged`` with ``separate_folder=False`` names them). So that none overwrites an input or another
-    prediction, ``output_dir`` must not be the folder of an input (then no prediction can have an input's path),
+    ``SaveImaged`` with ``separate_folder=False`` names them, and ``x_seg.dcm`` beside it for a DICOM SEG). So
+    that none overwrites an input or another prediction, ``output_dir`` must not be the folder of an input (then
+    no prediction can have an input's path) nor lie in a DICOM series folder (its files would join the series),
     and no two inputs may share a name without their extensions (``a/x.nii.gz`` and ``b/x.nii``).
 
     Args:
         output_dir: the folder outputs are written to; it need not exist yet.
-        datalist: the inputs, dicts whose ``"image"`` is a file path (none for a training run's folders).
+        datalist: the inputs, dicts whose ``"image"`` is a file or DICOM series folder path (none for a training
+            run's folders).
 
     Raises:
         BundleError (a ``ValueError``): if the folder cannot be created or written, is the folder of one of the
-            images, or two images would give the same output file.
+            images or lies in a series folder, or two images would give the same output file.
     """
     target = Path(output_dir).resolve()
     _check_writable(target)
@@ -265,6 +267,10 @@ def check_output_dir(output_dir: str | os.PathLike, datalist: Sequence[dict] = (
         image = Path(item["image"]).resolve()
         if image.parent == target:
             raise BundleError(f"output_dir {target} holds the input {item['image']}: choose another folder.")
+        if image.is_dir() and (image == target or image in target.parents):
+            raise BundleError(
+                f"output_dir {target} lies in the DICOM series folder {item['image']}: choose a folder outside it."
+            )
         stem = create_file_basename("", image, target, separate_folder=False, makedirs=False)
         if stem in written_by:
             raise BundleError(

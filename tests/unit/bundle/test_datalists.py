@@ -77,6 +77,14 @@ def test_check_output_dir_refuses_input_folder(tmp_path, samples):
         data.check_output_dir(samples / "imagesTr", images)
 
 
+def test_check_output_dir_refuses_a_folder_in_a_dicom_series_input(tmp_path, scan_formats):
+    series = [{"image": str(scan_formats["dicom"])}]
+    data.check_output_dir(tmp_path / "out", series)
+    for inside in (scan_formats["dicom"], scan_formats["dicom"] / "predictions"):
+        with pytest.raises(ValueError, match=f"output_dir {inside} lies in the DICOM series folder"):
+            data.check_output_dir(inside, series)
+
+
 def test_check_output_dir_refuses_folders_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "predictions"
     blocker.write_text("a file where the folder should go")

@@ -114,6 +114,21 @@ def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_dicom_seg_output_refuses_an_input_that_is_not_a_dicom_series(name, tmp_path, samples, scan_formats,
+                                                                      bundle_dirs):
+    nifti = samples / "imagesTr" / "hippocampus_001.nii.gz"
+    inputs = [str(scan_formats["dicom"]), str(nifti)]
+    for flag, message in [
+        ("true", f"--dicom_seg true: {nifti} is not a DICOM series folder"),
+        ("maybe", "--dicom_seg must be true or false, got 'maybe'."),
+    ]:
+        infer = workflow(bundle_dirs[name], "inference.yaml", "infer", output_dir=tmp_path, datalist=inputs,
+                         dicom_seg=flag)
+        assert str(error_of(infer.initialize)).startswith(message)
+    assert not list(tmp_path.iterdir())
+
+
 def test_inference_without_trained_model_names_the_checkpoint(tmp_path, bundle_dirs):
     infer = workflow(bundle_dirs["3d"], "inference.yaml", "infer", ckpt_dir=tmp_path, output_dir=tmp_path / "out")
     error = error_of(infer.initialize)
