@@ -116,7 +116,7 @@ def test_inference_refuses_unreadable_inputs_and_colliding_outputs(name, tmp_pat
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_dicom_seg_output_refuses_an_input_that_is_not_a_dicom_series(name, tmp_path, samples, scan_formats,
-                                                                      bundle_dirs):
+                                                                      bundle_dirs, planned_models):
     nifti = samples / "imagesTr" / "hippocampus_001.nii.gz"
     inputs = [str(scan_formats["dicom"]), str(nifti)]
     for flag, message in [
@@ -124,7 +124,7 @@ def test_dicom_seg_output_refuses_an_input_that_is_not_a_dicom_series(name, tmp_
         ("maybe", "--dicom_seg must be true or false, got 'maybe'."),
     ]:
         infer = workflow(bundle_dirs[name], "inference.yaml", "infer", output_dir=tmp_path, datalist=inputs,
-                         dicom_seg=flag)
+                         dicom_seg=flag, ckpt_dir=planned_models[name])
         assert str(error_of(infer.initialize)).startswith(message)
     assert not list(tmp_path.iterdir())
 
