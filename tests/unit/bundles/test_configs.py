@@ -6,7 +6,9 @@ import json
 
 import pytest
 import yaml
-from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from unet_med.inferers import MirroredInferer
 
 BUNDLE_NAMES = ["2d", "3d"]
 
@@ -93,3 +95,21 @@ def test_both_bundles_check_save_and_resume_alike(bundle_dirs):
     assert entries("3d") == entries("2d")
     assert entries("3d")["resume loader"]["_target_"] == "unet_med.bundle.handlers.WeightsOnlyCheckpointLoader"
     assert entries("3d")["state saver"]["_target_"] == "unet_med.bundle.handlers.TrainingStateSaver"
+
+
+@pytest.mark.parametrize(("name", "axes"), [("2d", (0, 1)), ("3d", (0, 1, 2))])
+@pytest.mark.parametrize("configs", [["inference.yaml"], ["train.yaml", "evaluate.yaml"]])
+def test_tta_mirrors_the_network_axes_around_the_configured_inferer(name, axes, configs, bundle_dirs):
+    """--tta true wraps the sliding-window (3D) or slice (2D) inferer; by default the inferer is used as it is."""
+    key = "evaluator#inferer" if configs == ["inference.yaml"] else "validate#evaluator#inferer"
+    inner = key.replace("evaluator#", "")
+    for tta, wrapped in [("false", False), ("true", True)]:
+        parser = ConfigParser()
+        parser.read_config([str(bundle_dirs[name] / "configs" / config) for config in configs])
+        parser["tta"] = tta
+        inferer = parser.get_parsed_content(key)
+        if wrapped:
+            assert isinstance(inferer, MirroredInferer) and inferer.spatial_axes == axes
+            assert inferer.inner is parser.get_parsed_content(inner)
+        else:
+            assert inferer is parser.get_parsed_content(inner)
