@@ -34,6 +34,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("dataset_dir", type=Path, help="Decathlon folder: imagesTr/, labelsTr/, dataset.json")
     parser.add_argument("--num-val", type=int, default=40, help="held-out cases, as in bench_hippocampus.py")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, as in bench_hippocampus.py")
+    parser.add_argument(
+        "--tta", choices=["both", "false", "true"], default="both", help="evaluate without, with, or both (default)"
+    )
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: a temporary folder")
     return parser.parse_args()
@@ -82,7 +85,8 @@ def main() -> None:
     }
     if args.device:
         settings["device"] = f"$torch.device('{args.device}')"
-    results = {tta: evaluate(settings, tta, output_dir / f"eval_tta_{str(tta).lower()}") for tta in (False, True)}
+    modes = [False, True] if args.tta == "both" else [args.tta == "true"]
+    results = {tta: evaluate(settings, tta, output_dir / f"eval_tta_{str(tta).lower()}") for tta in modes}
 
     names = label_names(args.dataset_dir)
     cpu, flags = cpu_description()
@@ -96,8 +100,9 @@ def main() -> None:
         per_class = torch.as_tensor(metrics["val_dice_per_class"]).flatten().tolist()
         dice = " | ".join(f"{value:.4f}" for value in per_class)
         print(f"| {'mirrored (x8)' if tta else 'none'} | {dice} | {metrics['val_mean_dice']:.4f} | {seconds:.1f} s |")
-    gain = results[True][0]["val_mean_dice"] - results[False][0]["val_mean_dice"]
-    print(f"mean Dice gain: {gain:+.4f}; time factor: {results[True][1] / results[False][1]:.2f}")
+    if len(results) == 2:
+        gain = results[True][0]["val_mean_dice"] - results[False][0]["val_mean_dice"]
+        print(f"mean Dice gain: {gain:+.4f}; time factor: {results[True][1] / results[False][1]:.2f}")
     print(f"outputs: {output_dir}")
 
 

@@ -8,8 +8,9 @@ means the weights are not this network's, and is refused with a :class:`~unet_me
 naming the file. Files are read with ``torch.load(..., weights_only=True)``
 (:func:`~unet_med.bundle.io.load_checkpoint`).
 
-:func:`pretrained_weights` reads and checks the file alone (the bundles call it before they build anything), and
-:class:`PretrainedLoader` is the trainer handler that loads the weights when a fresh training starts.
+:func:`check_pretrained` checks a file against a network without loading it (the bundles call it before they
+build anything), and :class:`PretrainedLoader` is the trainer handler that loads the weights when a fresh
+training starts.
 
 Example:
     >>> net = UNet(3, 1, 2, features=(16, 32, 64, 128))
@@ -93,7 +94,11 @@ def pretrained_weights(path: str | os.PathLike) -> tuple[Path, dict[str, torch.T
 
 
 def _edge_convolutions(network: torch.nn.Module) -> set[str]:
-    """The names of the tensors of the network's first and last convolution (its input and output layers)."""
+    """The names of the tensors of the network's first and last convolution (its input and output layers).
+
+    First and last in the order the network registers its modules: for :class:`~unet_med.networks.UNet` the
+    first convolution of the encoder and the 1x1 head.
+    """
     convolutions = [
         name for name, module in network.named_modules() if isinstance(module, torch.nn.modules.conv._ConvNd)
     ]
