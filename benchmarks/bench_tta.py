@@ -3,9 +3,10 @@
 Evaluates a trained model of the 3D bundle (``MODEL_DIR/model.pt``, e.g. the ``models/`` folder that
 ``bench_hippocampus.py --output-dir`` writes) on the held-out cases of the same seeded split, through the
 bundle's own ``train.yaml`` + ``evaluate.yaml`` (MONAI's ConfigWorkflow), once with ``tta=false`` and once with
-``tta=true`` (the mean logits over the 8 mirror images). Prints the Dice per class and their mean, the wall and
-CPU time of each evaluation (inference, post-processing and metrics; the cases are loaded and cached beforehand)
-and their ratios, and the machine: CPU model, the flags that matter for inference speed, threads.
+``tta=true`` (the mean logits over the mirror images along the axes evaluate.yaml names). Prints the Dice per
+class and their mean, the wall and CPU time of each evaluation (inference, post-processing and metrics; the cases
+are loaded and cached beforehand) and their ratios, and the machine: CPU model, the flags that matter for
+inference speed, threads.
 
     python benchmarks/bench_tta.py /runs/hippocampus/models /data/Task04_Hippocampus
 """
@@ -102,7 +103,7 @@ def main() -> None:
     for tta, (metrics, seconds, cpu_seconds) in results.items():
         per_class = torch.as_tensor(metrics["val_dice_per_class"]).flatten().tolist()
         dice = " | ".join(f"{value:.4f}" for value in [*per_class, metrics["val_mean_dice"]])
-        print(f"| {'mirrored (x8)' if tta else 'none'} | {dice} | {seconds:.1f} s | {cpu_seconds:.1f} s |")
+        print(f"| {'mirrored' if tta else 'none'} | {dice} | {seconds:.1f} s | {cpu_seconds:.1f} s |")
     if len(results) == 2:
         gain = results[True][0]["val_mean_dice"] - results[False][0]["val_mean_dice"]
         wall, cpu = (results[True][index] / results[False][index] for index in (1, 2))
