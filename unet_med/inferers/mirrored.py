@@ -32,10 +32,11 @@ class MirroredInferer(Inferer):
 
     This is nnU-Net's test-time augmentation: with all spatial axes mirrored, a 3D image is predicted 8 times
     and a 2D one 4 times. Mirror only the axes along which the network was trained on flipped images (nnU-Net
-    trains with flips along all axes): on a mirror image it has never seen, a network can fail. Any inferer can be wrapped: MONAI's ``SimpleInferer``, ``SlidingWindowInferer`` and
-    ``SliceInferer``, or :class:`~unet_med.inferers.OverlapTileInferer` (valid or same mode). Whatever the
-    network, the result is equivariant to the mirrorings: predicting a mirrored image gives the mirrored
-    prediction (exactly with ``SimpleInferer``; up to the inner inferer's own tiling otherwise).
+    trains with flips along all axes): on a mirror image it has never seen, a network can fail. Any inferer can
+    be wrapped: MONAI's ``SimpleInferer``, ``SlidingWindowInferer`` and ``SliceInferer``, or
+    :class:`~unet_med.inferers.OverlapTileInferer` (valid or same mode). Whatever the network, the result is
+    equivariant to the mirrorings: predicting a mirrored image gives the mirrored prediction (exactly with
+    ``SimpleInferer``; up to the inner inferer's own tiling otherwise).
 
     What is averaged is what the inner inferer returns, the network's logits for the bundles' networks: the
     wrapper changes the cost, not the meaning of the output, so a softmax or argmax after it applies as before.
