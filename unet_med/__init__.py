@@ -5,7 +5,7 @@ Two layers: the research library (:mod:`unet_med.networks`, :mod:`unet_med.trans
 bundles run on. The library never imports the bundle layer.
 """
 
-from unet_med.inferers import OverlapTileInferer
+from unet_med.inferers import MirroredInferer, OverlapTileInferer
 from unet_med.losses import WeightedCELoss, WeightedDiceCELoss
 from unet_med.networks import UNet
 from unet_med.transforms import BorderWeightMapd, RandPaperElastic, RandPaperElasticd
@@ -14,6 +14,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BorderWeightMapd",
+    "MirroredInferer",
     "OverlapTileInferer",
     "RandPaperElastic",
     "RandPaperElasticd",

@@ -5,6 +5,7 @@
 - :mod:`~unet_med.bundle.handlers`: ignite handlers: atomic and resumable checkpoints, the training report.
 - :mod:`~unet_med.bundle.figures`: the report's figures.
 - :mod:`~unet_med.bundle.io`: atomic file writes and weights-only checkpoint files.
+- :mod:`~unet_med.bundle.pretrained`: fine-tuning: a training started from another model's matching weights.
 - :mod:`~unet_med.bundle.distributed`: the multi-GPU configs' device, process group and rank-0 handlers.
 - :mod:`~unet_med.bundle.flags`: command-line flags read as the user means them.
 - :mod:`~unet_med.bundle.fingerprint`: a data set's spacings, shapes, intensities and labels, cached as JSON.

@@ -1,5 +1,6 @@
-"""Inferers: overlap-tile inference for valid-mode (and same-mode) networks."""
+"""Inferers: overlap-tile inference for valid-mode (and same-mode) networks, and mirroring test-time augmentation."""
 
+from unet_med.inferers.mirrored import MirroredInferer
 from unet_med.inferers.overlap_tile import OverlapTileInferer
 
-__all__ = ["OverlapTileInferer"]
+__all__ = ["MirroredInferer", "OverlapTileInferer"]

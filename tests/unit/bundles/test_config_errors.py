@@ -8,11 +8,13 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 import unet_med.bundle.lock
 from unet_med.bundle.dataset_check import DatasetError
 from unet_med.bundle.io import CheckpointError
+from unet_med.networks import UNet
 
 BUNDLE_NAMES = ["2d", "3d"]
 
@@ -133,3 +135,16 @@ def test_inference_without_trained_model_names_the_checkpoint(tmp_path, bundle_d
     infer = workflow(bundle_dirs["3d"], "inference.yaml", "infer", ckpt_dir=tmp_path, output_dir=tmp_path / "out")
     error = error_of(infer.initialize)
     assert isinstance(error, CheckpointError) and str(error) == f"no checkpoint file at {tmp_path}/model.pt."
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_unusable_pretrained_weights_stop_training_before_anything_is_built(name, tmp_path, bundle_dirs):
+    shallow = tmp_path / "shallow.pt"
+    torch.save(UNet(2 if name == "2d" else 3, 1, 3, features=(16, 32)).state_dict(), shallow)
+    for pretrained, message in [(tmp_path / "absent.pt", "no checkpoint file at"), (shallow, "another depth")]:
+        train = workflow(bundle_dirs[name], "train.yaml", "train", pretrained=pretrained, ckpt_dir=tmp_path / "models")
+        error = error_of(train.initialize)
+        assert isinstance(error, CheckpointError) and str(pretrained) in str(error) and message in str(error)
+        built = train.parser.ref_resolver.resolved_content.keys()
+        assert not {"network", "dataset_cases", "train::dataset"} & built
+        assert not (tmp_path / "models").exists()

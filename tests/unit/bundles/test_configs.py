@@ -6,7 +6,9 @@ import json
 
 import pytest
 import yaml
-from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from unet_med.inferers import MirroredInferer
 
 BUNDLE_NAMES = ["2d", "3d"]
 CONFIGS = ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml", "multi_gpu_evaluate.yaml"]
@@ -109,3 +111,21 @@ def test_both_bundles_share_their_configs_but_the_dimensions(config, bundle_dirs
     comments = [pair for pair in differing if pair[0].startswith("#") and pair[1].startswith("#")]
     assert all(pair in allowed or pair in comments for pair in differing), differing
     assert config not in ("train.yaml", "inference.yaml") or allowed[0] in differing
+
+
+@pytest.mark.parametrize(("name", "axes"), [("2d", (0,)), ("3d", (0,))])
+@pytest.mark.parametrize("configs", [["inference.yaml"], ["train.yaml", "evaluate.yaml"]])
+def test_tta_mirrors_the_network_axes_around_the_configured_inferer(name, axes, configs, bundle_dirs):
+    """--tta true mirrors the axis training flips, around the sliding-window (3D) or slice (2D) inferer."""
+    key = "evaluator#inferer" if configs == ["inference.yaml"] else "validate#evaluator#inferer"
+    inner = key.replace("evaluator#", "")
+    for tta, wrapped in [("false", False), ("true", True)]:
+        parser = ConfigParser()
+        parser.read_config([str(bundle_dirs[name] / "configs" / config) for config in configs])
+        parser["tta"] = tta
+        inferer = parser.get_parsed_content(key)
+        if wrapped:
+            assert isinstance(inferer, MirroredInferer) and inferer.spatial_axes == axes
+            assert inferer.inner is parser.get_parsed_content(inner)
+        else:
+            assert inferer is parser.get_parsed_content(inner)
