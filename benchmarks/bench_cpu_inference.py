@@ -14,7 +14,8 @@ synthetic volume included, the same in every case), each with its ratio to the f
     python benchmarks/bench_cpu_inference.py --ct_example /data/ct_example                 # the full volume
     python benchmarks/bench_cpu_inference.py --ct_example /data/ct_example --quick         # 256 x 256 x 100
     python benchmarks/bench_cpu_inference.py --plan models/plan.yaml --cases ours "nnU-Net, mirroring"
-    python benchmarks/bench_cpu_inference.py --plan models/plan.yaml --windows-only        # one window per precision
+
+bfloat16 against float32 (training steps and windows) is ``benchmarks/bench_cpu_precision.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -299,42 +299,12 @@ def run_case(name: str, shape: tuple[int, int, int], plan_path: Path) -> dict:
     return {"case": name, "seconds": seconds, "window_seconds": window_seconds, "peak_gib": peak_gib}
 
 
-def time_windows(plan_path: Path, repeats: int) -> None:
-    """One batch of plan windows through UNet in float32, bfloat16 autocast, channels-last: the per-window cost."""
-    plan = yaml.safe_load(plan_path.read_text())
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    batch = torch.randn(plan["inference"]["sw_batch_size"], plan["in_channels"], *plan["patch_size"])
-    rows = []
-    for label, channels_last, dtype in (
-        ("float32", False, None),
-        ("float32, channels-last", True, None),
-        ("bfloat16 autocast", False, torch.bfloat16),
-    ):
-        net = build_network("unet_med", plan)
-        x = batch
-        if channels_last:
-            net, x = net.to(memory_format=torch.channels_last_3d), x.to(memory_format=torch.channels_last_3d)
-        autocast = torch.autocast("cpu", dtype=dtype) if dtype else nullcontext()
-        with torch.inference_mode(), autocast:
-            net(x)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                net(x)
-        rows.append((label, (time.perf_counter() - start) / repeats))
-    print(f"| windows of {' x '.join(map(str, plan['patch_size']))}, batch {batch.shape[0]} | s | x float32 |")
-    print("|---|---|---|")
-    for label, seconds in rows:
-        print(f"| {label} | {seconds:.2f} | {seconds / rows[0][1]:.2f} |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ct_example", type=Path, help="the CT example's Decathlon folder, planned for the CPU")
     parser.add_argument("--plan", type=Path, help="a CT plan to use instead of planning --ct_example")
     parser.add_argument("--quick", action="store_true", help=f"a {' x '.join(map(str, QUICK))} volume")
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), metavar="CASE")
-    parser.add_argument("--windows-only", action="store_true", help="time one batch of windows per precision")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats with --windows-only")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     shape = QUICK if args.quick else FULL
@@ -354,9 +324,6 @@ def main() -> None:
         print(f"plan: {source}: spacing {plan['pixdim']} mm, "
               f"patch {plan['patch_size']}, features {plan['network']['features']}, {plan['num_classes']} classes, "
               f"overlap {plan['inference']['overlap']}, sw_batch_size {plan['inference']['sw_batch_size']}")
-        if args.windows_only:
-            time_windows(plan_path, args.repeats)
-            return
         print(f"volume: {' x '.join(map(str, shape))} voxels at {' x '.join(map(str, SPACING))} mm")
         # the children import this checkout's unet_med, whatever is installed
         root = str(Path(__file__).resolve().parents[1])
