@@ -77,11 +77,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, native bfloat16: {native_bf16()}, load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"UNet {args.features}, batch {args.batch} x {' x '.join(map(str, args.patch))}")
-    rows = [(name, *time_case(name, args)) for name in CASES]
     print("| case | train s/step | x float32 | inference s | x float32 |")
-    print("|---|---|---|---|---|")
-    for name, train, infer in rows:
-        print(f"| {name} | {train:.2f} | {train / rows[0][1]:.2f} | {infer:.2f} | {infer / rows[0][2]:.2f} |")
+    print("|---|---|---|---|---|", flush=True)
+    reference = None
+    for name in CASES:
+        train, infer = time_case(name, args)
+        reference = reference or (train, infer)
+        print(f"| {name} | {train:.2f} | {train / reference[0]:.2f} | {infer:.2f} | {infer / reference[1]:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
