@@ -1,6 +1,7 @@
-"""Inferers: overlap-tile inference for valid-mode (and same-mode) networks, and mirroring test-time augmentation."""
+"""Inferers: overlap-tile inference, mirroring test-time augmentation, CPU fast paths for any inferer."""
 
+from unet_med.inferers.cpu import CPUInferer, native_bf16
 from unet_med.inferers.mirrored import MirroredInferer
 from unet_med.inferers.overlap_tile import OverlapTileInferer
 
-__all__ = ["MirroredInferer", "OverlapTileInferer"]
+__all__ = ["CPUInferer", "MirroredInferer", "OverlapTileInferer", "native_bf16"]
