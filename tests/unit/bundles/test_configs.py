@@ -115,7 +115,7 @@ def test_both_bundles_share_their_configs_but_the_dimensions(config, bundle_dirs
 
 @pytest.mark.parametrize(("name", "axes"), [("2d", (0,)), ("3d", (0,))])
 @pytest.mark.parametrize("configs", [["inference.yaml"], ["train.yaml", "evaluate.yaml"]])
-def test_tta_mirrors_the_network_axes_around_the_configured_inferer(name, axes, configs, bundle_dirs):
+def test_tta_mirrors_the_network_axes_around_the_configured_inferer(name, axes, configs, bundle_dirs, planned_models):
     """--tta true mirrors the axis training flips, around the sliding-window (3D) or slice (2D) inferer."""
     key = "evaluator#inferer" if configs == ["inference.yaml"] else "validate#evaluator#inferer"
     inner = key.replace("evaluator#", "")
@@ -123,6 +123,7 @@ def test_tta_mirrors_the_network_axes_around_the_configured_inferer(name, axes, 
         parser = ConfigParser()
         parser.read_config([str(bundle_dirs[name] / "configs" / config) for config in configs])
         parser["tta"] = tta
+        parser["ckpt_dir"] = str(planned_models[name])
         inferer = parser.get_parsed_content(key)
         if wrapped:
             assert isinstance(inferer, MirroredInferer) and inferer.spatial_axes == axes
