@@ -79,12 +79,9 @@ def test_weights_of_another_depth_are_refused_in_one_line(tmp_path, bundle_dirs,
     assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "runs").exists()
 
 
-def test_tta_in_inference_and_evaluation(tmp_path, samples, bundle_dirs, bundle_cli):
+def test_tta_in_inference_and_evaluation(tmp_path, samples, bundle_dirs, bundle_cli, planned_models):
     """A random network is far from mirror-symmetric: --tta true must change its labels, and run in evaluation."""
-    torch.manual_seed(0)
-    network = UNet(3, 1, 3, features=(16, 32, 64, 128), norm=("instance", {"affine": True}))
-    (tmp_path / "models").mkdir()
-    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    shutil.copytree(planned_models["3d"], tmp_path / "models")  # the plan and fresh weights of its network
     case = samples / "imagesTr" / "hippocampus_001.nii.gz"
     labels = {}
     for tta in ("false", "true"):
