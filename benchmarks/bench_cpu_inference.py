@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from machine import cpu_description
 
 FULL = (512, 512, 300)
 QUICK = (256, 256, 100)
@@ -55,18 +55,6 @@ CASES = {
 # mirroring runs every window 8 times: on 2 cores it takes more than 10 minutes for the full volume
 DEFAULT_CASES = [name for name in CASES if name not in ("nnU-Net, mirroring", "ours, channels-last")]
 
-
-def cpu_description() -> str:
-    """The CPU model, the cores this process may use, and the SIMD flags that decide bfloat16's speed."""
-    model, flags = platform.processor() or "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    shown = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
-    return f"{model}, {len(os.sched_getaffinity(0))} CPUs, {shown}"
 
 
 def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 
 import torch
-from bench_cpu_inference import cpu_description
+from machine import cpu_description
 from monai.losses import DiceCELoss
 
 from unet_med.inferers import native_bf16

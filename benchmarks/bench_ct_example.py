@@ -12,8 +12,6 @@ every prediction lies on its input's voxel grid with its affine.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from machine import cpu_description
 from monai.bundle import ConfigParser
 
 from unet_med.bundle.datalists import decathlon_datalist
@@ -31,20 +30,6 @@ from unet_med.bundle.plan import PlanSettings, decision_table, plan_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "unet_med_3d_segmentation"
 
-
-def cpu_description() -> str:
-    """The CPU model and whether it runs bfloat16 natively (AVX512-BF16 or AMX)."""
-    model = platform.processor() or "unknown CPU"
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model == platform.processor():
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    native = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(native) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}"
 
 
 def planned_model(dataset_dir: Path, models: Path) -> dict:

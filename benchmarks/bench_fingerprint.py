@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_description
 
 
 def tree_pss_mib(root: int) -> float:
@@ -112,17 +113,6 @@ def measure(tool: str, dataset: str, workers: int) -> dict:
             raise RuntimeError(f"{tool} failed:\n{log.read()[-3000:]}")
         return {**json.loads(Path(out.name).read_text()), "seconds": seconds, "peak_mib": peak, "load": load}
 
-
-def cpu_description() -> str:
-    """The CPU model and the SIMD flags that matter for numpy and torch."""
-    model, flags = platform.processor() or "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
-    return f"{model}, {len(os.sched_getaffinity(0))} CPUs, flags: {' '.join(f for f in wanted if f in flags)}"
 
 
 def main() -> None:

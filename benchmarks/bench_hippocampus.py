@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from machine import cpu_description
 from monai.bundle import ConfigWorkflow
 
 from unet_med.bundle.datalists import decathlon_datalist, label_names
@@ -115,6 +116,7 @@ def main() -> None:
     per_class = torch.as_tensor(metrics["val_dice_per_class"]).flatten().tolist()
     print(f"\nMSD Task04 Hippocampus: {cases - args.num_val} training / {args.num_val} validation cases")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "bundle_root"))
+    print(cpu_description())
     print(f"threads: {torch.get_num_threads()}, device: {train.parser.get_parsed_content('device')}")
     print("| class | Dice |\n|---|---|")
     for label, dice in enumerate(per_class, start=1):

@@ -14,18 +14,17 @@ inference speed, threads.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_description
 from monai.bundle import ConfigWorkflow
 
 from unet_med.bundle.datalists import label_names
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "unet_med_3d_segmentation"
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,15 +41,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=None, help="default: a temporary folder")
     return parser.parse_args()
 
-
-def cpu_description() -> tuple[str, list[str]]:
-    """The CPU's model name and which of :data:`SPEED_FLAGS` it has (from ``/proc/cpuinfo`` on Linux)."""
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return fields.get("model name", platform.processor() or "unknown"), [f for f in SPEED_FLAGS if f in flags]
 
 
 def evaluate(settings: dict, tta: bool, output_dir: Path) -> tuple[dict, float, float]:
@@ -93,9 +83,8 @@ def main() -> None:
     results = {tta: evaluate(settings, tta, output_dir / f"eval_tta_{str(tta).lower()}") for tta in modes}
 
     names = label_names(args.dataset_dir)
-    cpu, flags = cpu_description()
     print(f"\nMSD Task04 Hippocampus, {args.num_val} held-out cases (split seed {args.seed}), {args.model_dir}")
-    print(f"CPU: {cpu}; flags: {' '.join(flags) or 'none of ' + ' '.join(SPEED_FLAGS)}")
+    print(cpu_description())
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}, device: {settings.get('device', 'default')}")
     classes = [names.get(label, str(label)) for label in range(1, len(names))]
     print(f"| TTA | {' | '.join(f'Dice {name}' for name in classes)} | mean Dice | wall time | CPU time |")
