@@ -114,7 +114,7 @@ def test_command_line_values_win_and_are_written_into_the_plan(trained):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     parser["ckpt_dir"] = str(out / "models")
-    assert list(parser.get_parsed_content("inferer").roi_size) == patch
+    assert list(parser.get_parsed_content("inferer#inferer").roi_size) == patch
 
 
 def test_inference_refuses_a_model_of_another_plan(trained, bundle_cli, samples, tmp_path):
