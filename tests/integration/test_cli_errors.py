@@ -42,6 +42,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["--batch_size", "0"], "unet-med: --batch_size 0: expected a whole number of at least 1."),
         (["--val_interval", "0"], "unet-med: --val_interval 0: expected a whole number of at least 1."),
         (["--patch_size", "[32,48]"], "unet-med: --patch_size [32, 48]: expected 3 whole numbers of at least 1"),
+        (["--amp", "maybe"], "unet-med: --amp must be auto, true or false, got 'maybe'."),
         (["--device", "cuda"], "unet-med: --device cuda: this machine has no usable CUDA GPU"),
     ],
 )

@@ -251,19 +251,31 @@ def labelled(server, samples) -> Server:
     return server
 
 
+def same_weights(first: dict, second: dict) -> bool:
+    """Whether two state dicts hold the same tensors under the same names."""
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
 @pytest.mark.parametrize("dims", [3, 2])
 def test_submitted_labels_train_the_bundle(labelled, dims):
     server, model = labelled, MODELS[dims]
-    weights = server.bundles / model / "models" / "model.pt"
-    before, modified = torch.load(weights, weights_only=True), weights.stat().st_mtime_ns
-    # One epoch on one case, validated on the other: the bundle validates at least once and saves the best model.
+    models = server.bundles / model / "models"
+    weights = models / "model.pt"
+    before, written = torch.load(weights, weights_only=True), weights.stat().st_mtime_ns
+    # One epoch on one case, validated on the other, starting from models/model.pt.
     server.json("POST", f"/train/{model}", {"max_epochs": 1, "val_split": 0.5})
     task = wait_for_task(server, "train")
     assert task["status"] == "DONE", f"training ended as {task['status']}:\n{server.log_tail()}"
 
     served = server.app / "model" / model / "models" / "model.pt"  # the bundle as MONAI Label sees it
     assert f"Restored all variables from {served}" in server.log.read_text(), "training ignored models/model.pt"
+    trained = torch.load(models / "checkpoint_latest.pt", weights_only=True)
+    assert trained["plan"] == before["plan"] and not same_weights(trained["model"], before["model"])
+    # model.pt is replaced by the trained model only if it scored better on the validation case than model.pt
+    # did before (one epoch from fresh weights may not): a kept model.pt is not even rewritten.
     after = torch.load(weights, weights_only=True)
-    assert weights.stat().st_mtime_ns > modified
-    assert after.keys() == before.keys() == {"model", "plan"} and after["plan"] == before["plan"]
-    assert any(not torch.equal(before["model"][name], after["model"][name]) for name in before["model"])
+    assert after.keys() == {"model", "plan"} and after["plan"] == before["plan"]
+    if "model.pt kept: it scored" in (server.bundles / model / "runs" / "training.log").read_text():
+        assert same_weights(after["model"], before["model"]) and weights.stat().st_mtime_ns == written
+    else:
+        assert same_weights(after["model"], trained["model"]) and weights.stat().st_mtime_ns > written

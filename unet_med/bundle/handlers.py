@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._engine: Engine | None = None
+        self._paused = False
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 handler = checkpoint.save_handler
@@ -107,6 +109,20 @@ class AtomicCheckpointSaver(CheckpointSaver):
         """Save from ``engine``'s events, as MONAI's saver does, and remember it for the best metric."""
         self._engine = engine
         super().attach(engine)
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Save the model if its key metric is the best so far, unless saving is paused (see :meth:`paused`)."""
+        if not self._paused:
+            super().metrics_completed(engine)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Within this block a validation only scores: the key-metric file is neither compared nor written."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def state_dict(self) -> dict[str, Any]:
         """The saved key-metric scores and files (ignite's record), and the engine's best metric and its epoch."""
@@ -337,7 +353,8 @@ class BestModelGuard:
             raise CheckpointError(
                 f"{self.model_path} does not fit the network (pass --overwrite true to replace it): {one_line(err)}"
             ) from None
-        self.validator.run(max(engine.state.epoch, 1))
+        with self.best_model_saver.paused():  # scoring the file must not rewrite it
+            self.validator.run(max(engine.state.epoch, 1))
         score = float(self.validator.state.metrics[self.validator.state.key_metric_name])
         network.load_state_dict(current)
         self.best_model_saver.set_best(score, engine.state.epoch)

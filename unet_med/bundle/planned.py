@@ -43,6 +43,7 @@ __all__ = [
     "check_dataset_against_plan",
     "crop_ratios",
     "crop_size",
+    "differences",
     "first_difference",
     "to_network_dims",
     "trained_plan",
@@ -141,26 +142,25 @@ def check_dataset_against_plan(
     return check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
 
 
-def first_difference(recorded: Any, current: Any, prefix: str = "") -> str | None:
-    """The first dotted key at which two plans (or parts of them) differ, or ``None`` if they are equal.
+def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two plans (or parts of them) differ, in the order of ``recorded``'s keys.
 
     Sections and lists of sections (``normalization.0.nonzero``) are followed down; other lists (a patch, the
     strides) differ as a whole.
     """
     if isinstance(recorded, Mapping) and isinstance(current, Mapping):
-        for key in list(recorded) + [k for k in current if k not in recorded]:
-            found = first_difference(recorded.get(key), current.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
+        keys = list(recorded) + [key for key in current if key not in recorded]
+        return [found for key in keys for found in differences(recorded.get(key), current.get(key), f"{prefix}{key}.")]
     if (isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current)
             and all(isinstance(item, Mapping) for item in recorded + current)):  # e.g. one entry per channel
-        for index, (a, b) in enumerate(zip(recorded, current)):
-            found = first_difference(a, b, f"{prefix}{index}.")
-            if found:
-                return found
-        return None
-    return None if recorded == current else prefix.rstrip(".")
+        return [found for index, (a, b) in enumerate(zip(recorded, current))
+                for found in differences(a, b, f"{prefix}{index}.")]
+    return [] if recorded == current else [prefix.rstrip(".")]
+
+
+def first_difference(recorded: Any, current: Any) -> str | None:
+    """The first dotted key at which two plans differ (see :func:`differences`), or ``None`` if they are equal."""
+    return next(iter(differences(recorded, current)), None)
 
 
 def _model_difference(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
@@ -290,21 +290,10 @@ class PlanWriter:
         on_disk, reasons, header = read_plan_text(self.plan_file)
         if on_disk == self.plan:
             return
-        for key in _changed_keys(on_disk, self.plan):
+        for key in differences(on_disk, self.plan):
             reasons[key] = f"{OVERRIDE_REASON} (the file had {json.dumps(_lookup(on_disk, key))})"
         write_plan(self.plan_file, self.plan, reasons, header)
         engine.logger.info(f"Wrote the plan with the command line's values to {self.plan_file}")
-
-
-def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys of ``new`` whose value differs from ``old``'s (a section's leaves; a list as a whole)."""
-    keys = []
-    for key, value in new.items():
-        if isinstance(value, Mapping) and isinstance(old.get(key), Mapping):
-            keys += _changed_keys(old[key], value, f"{prefix}{key}.")
-        elif old.get(key) != value:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def crop_size(plan: Mapping[str, Any]) -> list[int]:

@@ -4,34 +4,51 @@ from __future__ import annotations
 
 import torch
 
-from unet_med.bundle.flags import as_bool
+from unet_med.bundle.errors import BundleError
+from unet_med.bundle.flags import FALSE_WORDS, TRUE_WORDS
 from unet_med.inferers.cpu import native_bf16
 
-__all__ = ["cpu_autocast_dtype", "cuda_amp", "native_bf16"]
+__all__ = ["amp_mode", "cpu_autocast_dtype", "cuda_amp", "native_bf16"]
+
+
+def amp_mode(amp: bool | str) -> str:
+    """The ``amp`` option as ``auto``, ``true`` or ``false``; the bundles call it first to check the value.
+
+    Args:
+        amp: ``auto``, a ``bool``, or a word of :func:`~unet_med.bundle.flags.as_bool` (``yes``, ``0``, ...).
+
+    Raises:
+        BundleError: naming ``--amp`` and the value, if it is none of these (a ``ValueError``).
+    """
+    word = str(amp).strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in TRUE_WORDS:
+        return "true"
+    if word in FALSE_WORDS:
+        return "false"
+    raise BundleError(f"--amp must be auto, true or false, got {amp!r}.")
 
 
 def cpu_autocast_dtype(amp: bool | str) -> torch.dtype | None:
-    """The dtype CPU inference autocasts to under the ``amp`` option, or ``None`` for float32.
+    """The dtype the network autocasts to on a CPU under the ``amp`` option, or ``None`` for float32.
 
     Args:
         amp: ``auto`` (bfloat16 only on a CPU with native bfloat16 units, :func:`native_bf16`: elsewhere it is
-            emulated and many times slower than float32), or a flag that :func:`~unet_med.bundle.flags.as_bool`
-            reads: ``true`` forces bfloat16 even where it is emulated, ``false`` keeps float32.
+            emulated and many times slower than float32), ``true`` (bfloat16 even where it is emulated) or
+            ``false`` (float32), as :func:`amp_mode` reads it.
 
     Returns:
         ``torch.bfloat16`` or ``None``.
     """
-    if str(amp).strip().lower() == "auto":
-        return torch.bfloat16 if native_bf16() else None
-    return torch.bfloat16 if as_bool(amp, "amp") else None
+    mode = amp_mode(amp)
+    return torch.bfloat16 if mode == "true" or (mode == "auto" and native_bf16()) else None
 
 
 def cuda_amp(amp: bool | str, device: torch.device | str) -> bool:
     """Whether a MONAI engine on ``device`` runs CUDA automatic mixed precision under the ``amp`` option.
 
-    MONAI's engines autocast only on CUDA, so ``auto`` means ``True`` exactly on a CUDA device; ``true`` and
-    ``false`` are taken as they are (``true`` on a CPU changes nothing in the engine).
+    MONAI's engines autocast only on CUDA (their gradient scaler warns and turns itself off elsewhere), so this
+    is ``True`` exactly on a CUDA device under ``auto`` or ``true``; on a CPU see :func:`cpu_autocast_dtype`.
     """
-    if str(amp).strip().lower() == "auto":
-        return torch.device(device).type == "cuda"
-    return as_bool(amp, "amp")
+    return amp_mode(amp) != "false" and torch.device(device).type == "cuda"

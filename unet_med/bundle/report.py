@@ -129,6 +129,7 @@ def summary_lines(
     seconds: float,
     files: Mapping[str, str],
     overrides: str = "",
+    kept_score: float | None = None,
 ) -> list[str]:
     """The end-of-run summary, one line each.
 
@@ -142,6 +143,8 @@ def summary_lines(
         seconds: the wall time of this run.
         files: what the user looks at next, by label (``model``, ``log``, ...).
         overrides: command-line options the next commands need too (e.g. ``--ckpt_dir ...``).
+        kept_score: the validation score of the ``model.pt`` found before this run, when no epoch beat it (the
+            file is still that model).
     """
     head = {
         "finished": f"training finished: {epoch} of {max_epochs} epochs in {format_duration(seconds)}",
@@ -157,7 +160,10 @@ def summary_lines(
         best = max(validated, key=lambda row: row[mean_key])
         scores = {name: best.get(_dice_key(name)) for name in class_names}
         lines.append(f"best validation Dice (epoch {best['epoch']}): {dice_text(scores, best[mean_key])}")
-    else:
+    if kept_score is not None:
+        lines.append(f"model.pt kept: it scored {kept_score:.3f} on the validation cases before this run, "
+                     "and no epoch beat it")
+    if not validated:
         lines.append("no validation yet: no model was saved")
     width = max(len(label) for label in files) if files else 0
     lines += [f"{label:<{width}}  {path}" for label, path in files.items()]
@@ -231,6 +237,7 @@ class TrainingReport:
         self._start_epoch = 0
         self._epoch_start = self._start
         self._learning_rate: float | None = None
+        self._to_beat: float | None = None
 
     @property
     def metric_name(self) -> str:
@@ -266,6 +273,10 @@ class TrainingReport:
         self._validation, self._sample = None, None
         if engine.state.epoch > 0 and self.log_path.is_file():
             self.history = [row for row in _read_csv(self.log_path) if row["epoch"] <= engine.state.epoch]
+        # The score model.pt already has (scored by BestModelGuard, or restored with the training state):
+        # an epoch is the best, and replaces model.pt, only if it beats this.
+        best = float(getattr(self.validator.state, "best_metric", -1))
+        self._to_beat = best if best > -1 else None
 
     def _start_epoch_bar(self, engine: Engine) -> None:
         optimizer = getattr(engine, "optimizer", None)
@@ -298,6 +309,7 @@ class TrainingReport:
             line += f"  lr {self._learning_rate:.3g}"
         if self._validation is not None:
             earlier = [r[self.metric_name] for r in self.history if r.get(self.metric_name) is not None]
+            earlier += [] if self._to_beat is None else [self._to_beat]
             row.update(self._validation)
             scores = {name: row[_dice_key(name)] for name in self.class_names if _dice_key(name) in row}
             line += f"  Dice  {dice_text(scores, row[self.metric_name])}"
@@ -348,8 +360,10 @@ class TrainingReport:
         default = self.ckpt_dir.resolve() == Path.cwd() / "models"
         overrides = "" if default else f" --ckpt_dir {shlex.quote(str(self.ckpt_dir))}"
         epoch = self.history[-1]["epoch"] if self.history else engine.state.epoch
+        scores = [row[self.metric_name] for row in self.history if row.get(self.metric_name) is not None]
+        kept = self._to_beat if self._to_beat is not None and self._to_beat >= max(scores, default=-1) else None
         lines = summary_lines(outcome, epoch, engine.state.max_epochs, self.history, self.class_names,
-                              self.metric_name, time.monotonic() - self._start, self._files(), overrides)
+                              self.metric_name, time.monotonic() - self._start, self._files(), overrides, kept)
         _LOGGER.info("\n".join(["", *lines]))
         if self._log is not None:
             self._log.close()

@@ -181,8 +181,10 @@ def test_the_model_on_disk_is_scored_first_and_replaced_only_by_a_better_one(tmp
     on_disk = torch.nn.Linear(3, 1).state_dict()
     save_checkpoint(on_disk, tmp_path / "model.pt")
     (tmp_path / "training_log.csv").write_text("epoch\n")
+    written = (tmp_path / "model.pt").stat().st_mtime_ns
     validator, _ = guarded_run(tmp_path, on_disk, scores=[0.5, 0.55])  # starts from model.pt, as MONAI Label does
     assert validator.state.best_metric == 0.6
+    assert (tmp_path / "model.pt").stat().st_mtime_ns == written  # scoring it did not rewrite it
     assert all(torch.equal(value, load_checkpoint(tmp_path / "model.pt")[key]) for key, value in on_disk.items())
     validator, net = guarded_run(tmp_path, on_disk, scores=[0.7])
     assert torch.equal(load_checkpoint(tmp_path / "model.pt")["weight"], net.weight)

@@ -69,7 +69,7 @@ def test_an_edited_plan_builds_its_network_and_crop(bundle_dirs, planned_models,
     assert list(network.features) == [8, 16, 32, 64]
     crop = parser.get_parsed_content("train#augmentation")[0]
     assert list(crop.cropper.spatial_size) == [16, 24, 16]
-    assert list(parser.get_parsed_content("validate#inferer").roi_size) == [16, 24, 16]
+    assert list(parser.get_parsed_content("validate#inferer").inferer.roi_size) == [16, 24, 16]  # in CPUInferer
 
 
 def test_overrides_win_and_are_checked(planned_models, tmp_path, samples):

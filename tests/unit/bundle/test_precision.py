@@ -28,9 +28,12 @@ def test_cuda_amp_follows_the_device():
     assert precision.cuda_amp("auto", "cpu") is False
     assert precision.cuda_amp("auto", torch.device("cuda")) is True
     assert precision.cuda_amp("false", "cuda") is False
-    assert precision.cuda_amp(True, "cpu") is True
+    assert precision.cuda_amp(True, "cpu") is False  # on a CPU the inferers autocast, not the engine
+    assert precision.cuda_amp("yes", "cuda:0") is True
 
 
 def test_a_bad_flag_is_one_line():
-    with pytest.raises(BundleError, match="amp must be true or false, got 'maybe'"):
-        precision.cpu_autocast_dtype("maybe")
+    assert [precision.amp_mode(value) for value in ("Auto", True, "no", 1)] == ["auto", "true", "false", "true"]
+    for check in (precision.amp_mode, precision.cpu_autocast_dtype, lambda amp: precision.cuda_amp(amp, "cpu")):
+        with pytest.raises(BundleError, match=r"^--amp must be auto, true or false, got 'maybe'\.$"):
+            check("maybe")

@@ -46,10 +46,11 @@ def test_summary_names_the_best_epoch_and_what_to_run_next():
     assert lines == ["training finished: 1 of 1 epochs in 1.0 s", "no validation yet: no model was saved"]
 
 
-def run_training(tmp_path, stop_in_epoch: int | None = None, epochs: int = 3):
+def run_training(tmp_path, stop_in_epoch: int | None = None, epochs: int = 3, to_beat: float | None = None):
     """Three epochs of two iterations of a trainer validated every epoch, reported by a TrainingReport.
 
-    ``stop_in_epoch`` raises KeyboardInterrupt (what Ctrl-C raises) in the first iteration of that epoch.
+    ``stop_in_epoch`` raises KeyboardInterrupt (what Ctrl-C raises) in the first iteration of that epoch;
+    ``to_beat`` is the validator's best metric before the run (the score of a model.pt found, see BestModelGuard).
     """
     def step(engine, batch):
         if engine.state.epoch == stop_in_epoch:
@@ -58,6 +59,8 @@ def run_training(tmp_path, stop_in_epoch: int | None = None, epochs: int = 3):
 
     trainer, validator = Engine(step), Engine(lambda engine, batch: None)
     validator.state.key_metric_name = "val_mean_dice"
+    if to_beat is not None:
+        validator.state.best_metric = to_beat
 
     def validate(engine):
         epoch = trainer.state.epoch
@@ -85,6 +88,18 @@ def test_training_report_writes_named_columns_and_summary(tmp_path, caplog):
     assert (tmp_path / "runs" / "learning_curves.png").is_file()
     files = [getattr(handler, "baseFilename", "") for handler in logging.getLogger().handlers]
     assert not any(name.endswith("training.log") for name in files)  # the log is closed
+
+
+def test_a_model_on_disk_that_no_epoch_beats_is_reported_kept(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    run_training(tmp_path, to_beat=0.25)
+    epochs = [line for line in caplog.text.splitlines() if " loss " in line and "Dice" in line]
+    assert ["(best)" in line for line in epochs] == [False, False, True]  # 0.1 and 0.2 do not beat 0.25
+    assert "model.pt kept" not in caplog.text
+    caplog.clear()
+    run_training(tmp_path / "again", to_beat=0.4)
+    assert "(best)" not in caplog.text
+    assert "model.pt kept: it scored 0.400 on the validation cases before this run, and no epoch beat it" in caplog.text
 
 
 def test_ctrl_c_ends_with_the_summary_and_the_interrupt(tmp_path, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
 
@@ -130,3 +131,23 @@ def test_tta_mirrors_the_network_axes_around_the_configured_inferer(name, axes, 
             assert inferer.inner is parser.get_parsed_content(inner)
         else:
             assert inferer is parser.get_parsed_content(inner)
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+@pytest.mark.parametrize(("amp", "dtype"), [("true", torch.bfloat16), ("false", torch.float32)])
+def test_amp_runs_training_and_validation_under_bfloat16_autocast_on_a_cpu(name, amp, dtype, bundle_dirs,
+                                                                           planned_models):
+    """MONAI's engines autocast only on CUDA: on a CPU the bundles' inferers do, for the loss in float32."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dirs[name] / "configs" / "train.yaml"))
+    parser.update({"amp": amp, "ckpt_dir": str(planned_models[name]), "device": "$torch.device('cpu')"})
+    assert parser.get_parsed_content("train#trainer#amp") is False  # CUDA's mixed precision: not on a CPU
+    network = parser.get_parsed_content("network")
+    seen = []
+    network.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    patch = (1, 1, *[16] * (3 if name == "3d" else 2))  # a training batch; validation takes whole volumes
+    for key, shape in (("train#inferer", patch), ("validate#inferer", (1, 1, 16, 16, 16))):
+        seen.clear()
+        with torch.no_grad() if key.startswith("validate") else torch.enable_grad():
+            output = parser.get_parsed_content(key)(torch.rand(shape), network)
+        assert seen and set(seen) == {dtype} and output.dtype == torch.float32

@@ -1,14 +1,20 @@
-"""Test-time augmentation on MSD Task04 Hippocampus: Dice and time of the 3D bundle's evaluation with and without.
+"""Evaluation options on MSD Task04 Hippocampus: Dice and time of the 3D bundle's evaluation, case against case.
 
 Evaluates a trained model of the 3D bundle (``MODEL_DIR/model.pt``, e.g. the ``models/`` folder that
 ``bench_hippocampus.py --output-dir`` writes) on the held-out cases of the same seeded split, through the
-bundle's own ``train.yaml`` + ``evaluate.yaml`` (MONAI's ConfigWorkflow), once with ``tta=false`` and once with
-``tta=true`` (the mean logits over the mirror images along the axes evaluate.yaml names). Prints the Dice per
-class and their mean, the wall and CPU time of each evaluation (inference, post-processing and metrics; the cases
-are loaded and cached beforehand) and their ratios, and the machine: CPU model, the flags that matter for
-inference speed, threads.
+bundle's own ``train.yaml`` + ``evaluate.yaml`` (MONAI's ConfigWorkflow), once per case:
 
-    python benchmarks/bench_tta.py /runs/hippocampus/models /data/Task04_Hippocampus
+- ``float32``: the default on this CPU (``--tta false --amp false``);
+- ``tta``: test-time augmentation, the mean logits over the scan and its left-right mirror image (``--tta true``);
+- ``bfloat16``: the network under bfloat16 autocast (``--amp true``), what ``--amp auto`` picks on a CPU with
+  native bfloat16 units; elsewhere PyTorch emulates it, with the same rounding, many times slower.
+
+Prints the Dice per class and their mean, the wall and CPU time of each evaluation (inference, post-processing
+and metrics; the cases are loaded and cached beforehand), each case's difference to the first and its time
+factor, and the machine: CPU model, the flags that matter for inference speed, threads.
+
+    python benchmarks/bench_evaluation.py /runs/hippocampus/models /data/Task04_Hippocampus
+    python benchmarks/bench_evaluation.py /runs/hippocampus/models /data/Task04_Hippocampus --cases float32 bfloat16
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from monai.bundle import ConfigWorkflow
 from unet_med.bundle.datalists import label_names
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "unet_med_3d_segmentation"
+# case: (the bundle options it sets, what the table calls it)
+CASES = {
+    "float32": ({"tta": False, "amp": False}, "float32"),
+    "tta": ({"tta": True, "amp": False}, "float32, left-right mirror image (2 predictions)"),
+    "bfloat16": ({"tta": False, "amp": True}, "bfloat16 autocast"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,15 +47,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-val", type=int, default=40, help="held-out cases, as in bench_hippocampus.py")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, as in bench_hippocampus.py")
     parser.add_argument(
-        "--tta", choices=["both", "false", "true"], default="both", help="evaluate without, with, or both (default)"
+        "--cases", nargs="+", choices=list(CASES), default=["float32", "tta"], help="default: float32 tta"
     )
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: a temporary folder")
     return parser.parse_args()
 
 
-
-def evaluate(settings: dict, tta: bool, output_dir: Path) -> tuple[dict, float, float]:
+def evaluate(settings: dict, options: dict, output_dir: Path) -> tuple[dict, float, float]:
     """The evaluation's metrics, its wall time and its process CPU time in seconds (after the cases are cached).
 
     The CPU time (all threads) is the steadier measure on a machine that other processes share.
@@ -55,7 +66,7 @@ def evaluate(settings: dict, tta: bool, output_dir: Path) -> tuple[dict, float, 
         logging_file=str(config_dir / "logging.conf"),
         workflow_type="train",
         **settings,
-        tta=tta,
+        **options,
         output_dir=str(output_dir),
     )
     flow.initialize()
@@ -69,7 +80,7 @@ def evaluate(settings: dict, tta: bool, output_dir: Path) -> tuple[dict, float, 
 
 def main() -> None:
     args = parse_args()
-    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="bench_tta_"))
+    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="bench_evaluation_"))
     settings = {
         "bundle_root": str(BUNDLE),
         "dataset_dir": str(args.dataset_dir.resolve()),
@@ -79,24 +90,24 @@ def main() -> None:
     }
     if args.device:
         settings["device"] = f"$torch.device('{args.device}')"
-    modes = [False, True] if args.tta == "both" else [args.tta == "true"]
-    results = {tta: evaluate(settings, tta, output_dir / f"eval_tta_{str(tta).lower()}") for tta in modes}
+    results = {case: evaluate(settings, CASES[case][0], output_dir / f"eval_{case}") for case in args.cases}
 
     names = label_names(args.dataset_dir)
     print(f"\nMSD Task04 Hippocampus, {args.num_val} held-out cases (split seed {args.seed}), {args.model_dir}")
     print(cpu_description())
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}, device: {settings.get('device', 'default')}")
     classes = [names.get(label, str(label)) for label in range(1, len(names))]
-    print(f"| TTA | {' | '.join(f'Dice {name}' for name in classes)} | mean Dice | wall time | CPU time |")
+    print(f"| case | {' | '.join(f'Dice {name}' for name in classes)} | mean Dice | wall time | CPU time |")
     print("|---|" + "---|" * (len(classes) + 3))
-    for tta, (metrics, seconds, cpu_seconds) in results.items():
+    for case, (metrics, seconds, cpu_seconds) in results.items():
         per_class = torch.as_tensor(metrics["val_dice_per_class"]).flatten().tolist()
         dice = " | ".join(f"{value:.4f}" for value in [*per_class, metrics["val_mean_dice"]])
-        print(f"| {'mirrored' if tta else 'none'} | {dice} | {seconds:.1f} s | {cpu_seconds:.1f} s |")
-    if len(results) == 2:
-        gain = results[True][0]["val_mean_dice"] - results[False][0]["val_mean_dice"]
-        wall, cpu = (results[True][index] / results[False][index] for index in (1, 2))
-        print(f"mean Dice gain: {gain:+.4f}; time factor: {wall:.2f} (wall), {cpu:.2f} (CPU)")
+        print(f"| {CASES[case][1]} | {dice} | {seconds:.1f} s | {cpu_seconds:.1f} s |")
+    first, (base, base_seconds, base_cpu) = next(iter(results.items()))
+    for case, (metrics, seconds, cpu_seconds) in list(results.items())[1:]:
+        gain = metrics["val_mean_dice"] - base["val_mean_dice"]
+        print(f"{case} against {first}: mean Dice {gain:+.4f}; time factor {seconds / base_seconds:.2f} (wall), "
+              f"{cpu_seconds / base_cpu:.2f} (CPU)")
     print(f"outputs: {output_dir}")
 
 
