@@ -159,8 +159,10 @@ def test_ctrl_c_prints_the_summary(tmp_path, bundle_dirs, child_env):
     command += ["--val_interval", "1", "--batch_size", "1", "--num_samples", "1", "--num_val", "1", "--amp", "false"]
     command += ["--train#dataset#data", "$@datalists['training'][:2]"]
     output = []
+    # As from a terminal: a runner started in the background (a shell's `&`) passes SIGINT on ignored.
     with subprocess.Popen(command, cwd=bundle_dirs["3d"], env=child_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as process:
+                          stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as process:
         for line in process.stdout:
             output.append(line)
             if "Epoch: 2/8, Iter: 1/2" in line:  # epoch 1 trained and validated, epoch 2 under way
