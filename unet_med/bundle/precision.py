@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from unet_med.bundle.errors import BundleError
-from unet_med.bundle.flags import FALSE_WORDS, TRUE_WORDS
+from unet_med.bundle.flags import as_bool
 from unet_med.inferers.cpu import native_bf16
 
 __all__ = ["amp_mode", "cpu_autocast_dtype", "cuda_amp", "native_bf16"]
@@ -20,14 +20,12 @@ def amp_mode(amp: bool | str) -> str:
     Raises:
         BundleError: naming ``--amp`` and the value, if it is none of these (a ``ValueError``).
     """
-    word = str(amp).strip().lower()
-    if word == "auto":
+    if str(amp).strip().lower() == "auto":
         return "auto"
-    if word in TRUE_WORDS:
-        return "true"
-    if word in FALSE_WORDS:
-        return "false"
-    raise BundleError(f"--amp must be auto, true or false, got {amp!r}.")
+    try:
+        return "true" if as_bool(amp, "--amp") else "false"
+    except BundleError:
+        raise BundleError(f"--amp must be auto, true or false, got {amp!r}.") from None
 
 
 def cpu_autocast_dtype(amp: bool | str) -> torch.dtype | None:
