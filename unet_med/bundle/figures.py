@@ -140,7 +140,11 @@ def plot_overlay(
 
 
 def plot_learning_curves(
-    history: Sequence[Mapping[str, float | None]], path: str | os.PathLike, dice_keys: Mapping[str, str], mean_key: str
+    history: Sequence[Mapping[str, float | None]],
+    path: str | os.PathLike,
+    dice_keys: Mapping[str, str],
+    mean_key: str,
+    kept_score: float | None = None,
 ) -> None:
     """Plot the mean training loss, and the validation Dice of each class and their mean, against the epoch.
 
@@ -150,6 +154,8 @@ def plot_learning_curves(
         path: the PNG to write.
         dice_keys: the foreground classes in label order: their names (the legend) and their keys in ``history``.
         mean_key: the key of the mean Dice (the validator's key metric).
+        kept_score: the score of a ``model.pt`` from before the run that no epoch beat: drawn as a line, and no
+            epoch is starred as the model.
     """
     plt = _pyplot()
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
@@ -164,11 +170,15 @@ def plot_learning_curves(
     ax_dice.plot(epochs, [row[mean_key] for row in validated], marker="o", markersize=4, color="black",
                  linestyle="--", label="mean")
     title = "validation Dice"
-    if validated:
+    if kept_score is not None:
+        ax_dice.axhline(kept_score, color="goldenrod", linestyle=":", label="model.pt from before (kept)")
+        title += f": model.pt kept ({kept_score:.3f})"
+    elif validated:
         best = max(validated, key=lambda row: row[mean_key])
         ax_dice.plot(best["epoch"], best[mean_key], marker="*", markersize=14, color="gold", markeredgecolor="black",
                      linestyle="none", label="best (model.pt)")
         title += f": best mean {best[mean_key]:.3f} at epoch {best['epoch']}"
+    if validated or kept_score is not None:
         ax_dice.legend(loc="best", fontsize=8)
     ax_dice.set(xlabel="epoch", ylabel="Dice", title=title, ylim=(0, 1))
     for ax in (ax_loss, ax_dice):

@@ -245,6 +245,12 @@ class TrainingReport:
         return self.validator.state.key_metric_name or "metric"
 
     @property
+    def kept_score(self) -> float | None:
+        """The score of the ``model.pt`` found before this run if no epoch beat it (the file is still that model)."""
+        scores = [row[self.metric_name] for row in self.history if row.get(self.metric_name) is not None]
+        return self._to_beat if self._to_beat is not None and self._to_beat >= max(scores, default=-1) else None
+
+    @property
     def log_path(self) -> Path:
         """The per-epoch CSV."""
         return self.output_dir / "training_log.csv"
@@ -325,7 +331,8 @@ class TrainingReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.history:
             curves = {name: _dice_key(name) for name in self.class_names}
-            plot_learning_curves(self.history, self.output_dir / "learning_curves.png", curves, self.metric_name)
+            plot_learning_curves(self.history, self.output_dir / "learning_curves.png", curves, self.metric_name,
+                                 self.kept_score)
         if self._sample is not None:
             image_key, pred_key, label_key = self.keys
             image = self._sample[image_key]
@@ -360,10 +367,9 @@ class TrainingReport:
         default = self.ckpt_dir.resolve() == Path.cwd() / "models"
         overrides = "" if default else f" --ckpt_dir {shlex.quote(str(self.ckpt_dir))}"
         epoch = self.history[-1]["epoch"] if self.history else engine.state.epoch
-        scores = [row[self.metric_name] for row in self.history if row.get(self.metric_name) is not None]
-        kept = self._to_beat if self._to_beat is not None and self._to_beat >= max(scores, default=-1) else None
         lines = summary_lines(outcome, epoch, engine.state.max_epochs, self.history, self.class_names,
-                              self.metric_name, time.monotonic() - self._start, self._files(), overrides, kept)
+                              self.metric_name, time.monotonic() - self._start, self._files(), overrides,
+                              self.kept_score)
         _LOGGER.info("\n".join(["", *lines]))
         if self._log is not None:
             self._log.close()

@@ -37,3 +37,18 @@ def test_curves_and_dice_per_case_are_written(tmp_path):
     plot_dice_per_case(np.array([[0.8, 0.7], [0.9, np.nan]]), ["Anterior", "Posterior"], tmp_path / "dice.png")
     assert mpimg.imread(tmp_path / "curves.png").shape[1] == 1000
     assert mpimg.imread(tmp_path / "dice.png").ndim == 3
+
+
+def colour_pixels(path, rgb) -> int:
+    """How many pixels of the PNG are within a small distance of ``rgb``."""
+    image = mpimg.imread(path)[..., :3]
+    return int((np.abs(image - np.array(rgb)).max(axis=-1) < 0.05).sum())
+
+
+def test_a_kept_model_is_a_line_and_no_epoch_is_starred(tmp_path):
+    history = [{"epoch": epoch, "loss": 1.0 / epoch, "a": 0.1 * epoch, "m": 0.1 * epoch} for epoch in (1, 2, 3)]
+    plot_learning_curves(history, tmp_path / "best.png", {"Anterior": "a"}, "m")
+    plot_learning_curves(history, tmp_path / "kept.png", {"Anterior": "a"}, "m", kept_score=0.45)
+    gold, goldenrod = (1.0, 0.843, 0.0), (0.855, 0.647, 0.125)  # the star; the kept model's line
+    assert colour_pixels(tmp_path / "best.png", gold) > 20 and colour_pixels(tmp_path / "best.png", goldenrod) == 0
+    assert colour_pixels(tmp_path / "kept.png", gold) == 0 and colour_pixels(tmp_path / "kept.png", goldenrod) > 100
