@@ -57,9 +57,17 @@ MODEL_KEYS = ("spatial_dims", "in_channels", "num_classes", "pixdim", "normaliza
 OVERRIDE_REASON = "set on the command line"
 
 
-def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The overrides a user set: ``None`` means "from the plan"."""
-    return {key: value for key, value in (overrides or {}).items() if value is not None}
+def _with_overrides(
+    plan: dict[str, Any], path: Path, overrides: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], str]:
+    """The plan with the overrides a user set (``None`` means "from the plan"), validated, and how errors name it."""
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if not given:
+        return plan, str(path)
+    source = f"{path} with --{' --'.join(key.split('.')[-1] for key in given)}"
+    effective = apply_overrides(plan, given, path)
+    validate_plan(effective, source)
+    return effective, source
 
 
 def _replan_hint(path: Path, dims: int) -> str:
@@ -106,12 +114,7 @@ def training_plan(
         print(f"plan written to {path}", flush=True)
     plan = load_plan(path)
     _check_dims(plan, path, spatial_dims)
-    given = _given(overrides)
-    if not given:
-        return plan
-    effective = apply_overrides(plan, given, path)
-    validate_plan(effective, f"{path} with --{' --'.join(key.split('.')[-1] for key in given)}")
-    return effective
+    return _with_overrides(plan, path, overrides)[0]
 
 
 def check_dataset_against_plan(
@@ -217,12 +220,7 @@ def trained_plan(
                           f"{model_file.name}; copy it there with the model")
     plan = load_plan(path)
     _check_dims(plan, path, spatial_dims)
-    given = _given(overrides)
-    source = str(path)
-    if given:
-        source = f"{path} with --{' --'.join(key.split('.')[-1] for key in given)}"
-        plan = apply_overrides(plan, given, path)
-        validate_plan(plan, source)
+    plan, source = _with_overrides(plan, path, overrides)
     differs = _model_difference(recorded, plan)
     if differs:
         raise BundleError(_mismatch(model_file, recorded, plan, source, differs))
