@@ -5,11 +5,13 @@ A command, as well as what the bundles run before they build anything::
     python -m unet_med.bundle.dataset_check /data/Task04_Hippocampus --spatial-dims 3 --num-classes 3
 
 It checks that every image of ``dataset.json``'s ``training`` section has its label and that no image or label
-in ``imagesTr/``/``labelsTr/`` lacks its partner; that every file loads (not truncated or corrupt); that image
-and label have the same shape and, within a tolerance, the same affine; that labels hold integers of the label
-set of ``dataset.json``; that images hold no NaN or Inf and are not empty; and that the dimensionality and the
-channel count suit the bundle. Intensity ranges and data types are not checked: scans of one dataset may differ
-by orders of magnitude (MSD hippocampus mixes float32 and uint8 images), which per-volume normalisation handles.
+in ``imagesTr/``/``labelsTr/`` lacks its partner; that every file loads (not truncated or corrupt: a ``.nii.gz``
+file's gzip CRC is checked); that image and label have the same shape and, within a tolerance, the same affine;
+that labels hold integers of the label set of ``dataset.json``; that voxels are real numbers (not RGB or other
+structured types); that images hold no NaN or Inf (nor values float32 cannot hold) and are not empty; and that
+the dimensionality and the channel count suit the bundle. Intensity ranges and numeric types are not checked:
+scans of one dataset may differ by orders of magnitude (MSD hippocampus mixes float32 and uint8 images), which
+per-volume normalisation handles.
 
 Shapes and affines come from the NIfTI headers; values need the data, so every file is read once, by a few
 threads at a time (2 to 4 s for the 400 files of 200 hippocampus cases on a busy 2-core CPU).
