@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -92,7 +94,9 @@ def test_a_broken_symlink_is_named_by_its_own_path(tmp_path, samples, bundle_dir
     assert json.loads((data / "dataset.json").read_text())
 
 
-def test_a_corrupt_nifti_is_refused_by_training_and_inference(tmp_path, samples, bundle_dirs, bundle_cli, corrupt_gzip):
+def test_a_corrupt_or_overflowing_scan_is_refused_by_training_and_inference(
+    tmp_path, samples, bundle_dirs, bundle_cli, corrupt_gzip
+):
     bundle, data = bundle_dirs["3d"], tmp_path / "data"
     shutil.copytree(samples, data)
     two_cases = ["--dataset_dir", str(data), "--train#dataset#data", "$@datalists['training'][:2]"]
@@ -109,6 +113,17 @@ def test_a_corrupt_nifti_is_refused_by_training_and_inference(tmp_path, samples,
                         check=False)
     assert one_line_error(result).startswith(f"unet-med: {problem}")
     assert hashes(tmp_path / "models") == models
+
+    # finite intensities near float32's largest overflow in normalisation: the NaN prediction is no mask
+    scan = nib.load(samples / "imagesTr" / "hippocampus_001.nii.gz")
+    values = np.asarray(scan.dataobj, dtype=np.float32)
+    values[values > values.mean()] = 3e38
+    huge = tmp_path / "huge.nii"
+    nib.save(nib.Nifti1Image(values, scan.affine), huge)
+    result = bundle_cli(bundle, "configs/inference.yaml", tmp_path, "seg", "--datalist", str(huge), check=False)
+    assert one_line_error(result).startswith(f"unet-med: {huge}: the network's prediction holds NaN or Inf values, "
+                                             "so no mask is written for it")
+    assert not (tmp_path / "seg").exists()
 
 
 @pytest.mark.parametrize(

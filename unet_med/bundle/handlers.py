@@ -4,6 +4,7 @@
   model with it (``models/model.pt``: ``{"model": state_dict, "plan": the plan it was trained with}``).
 - :class:`DivergenceGuard` stops a training whose loss or weights stop being finite numbers, naming the epoch and
   iteration, before anything of that epoch is validated or saved; the savers refuse non-finite weights too.
+- :class:`FinitePredictionGuard` stops inference, naming the scan, before a NaN or Inf prediction is written.
 - :class:`TrainingStateSaver` writes the whole training state (network, optimizer, scheduler, trainer epoch
   and iteration, best metric) to one file after every epoch; :class:`WeightsOnlyCheckpointLoader` resumes
   from it, or loads any checkpoint, through MONAI's ``CheckpointLoader``; files are read with
@@ -48,6 +49,7 @@ __all__ = [
     "AtomicDiskSaver",
     "BestModelGuard",
     "DivergenceGuard",
+    "FinitePredictionGuard",
     "TrainingStateSaver",
     "WeightsOnlyCheckpointLoader",
 ]
@@ -187,6 +189,43 @@ def _unwrapped(obj: Any) -> Any:
     return obj.module if isinstance(obj, parallel) else obj
 
 
+def non_finite_prediction(output: Mapping[str, Any]) -> str | None:
+    """The scan whose raw prediction (a MONAI engine's output before post-processing) holds NaN or Inf, or ``None``.
+
+    Returns:
+        The scan's file name from the image's metadata (``"a case"`` without it), or ``None`` if every value is
+        finite.
+    """
+    if bool(torch.isfinite(output["pred"]).all()):
+        return None
+    names = getattr(output.get("image"), "meta", {}).get("filename_or_obj", ["a case"])
+    return str(names[0] if isinstance(names, (list, tuple)) else names)
+
+
+class FinitePredictionGuard:
+    """Evaluator handler: a prediction with NaN or Inf values stops the run, naming the scan, before it is written.
+
+    ``argmax`` turns NaN logits into a mask of background (or of any class), which would be written as a
+    plausible segmentation. Inference attaches it; scans that cannot be read or hold NaN or Inf are refused
+    earlier (:func:`unet_med.bundle.dataset_check.check_images`), so this catches finite intensities that overflow
+    float32 on their way through normalisation and the network, and models whose weights do.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Check each of ``engine``'s predictions after the forward pass, before post-processing writes it."""
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
+
+    def __call__(self, engine: Workflow) -> None:
+        """Raise a :class:`BundleError` naming the scan if ``engine``'s prediction holds NaN or Inf."""
+        case = non_finite_prediction(engine.state.output)
+        if case is not None:
+            raise BundleError(
+                f"{case}: the network's prediction holds NaN or Inf values, so no mask is written for it: its "
+                "intensities overflow float32 on their way through the network (values near 1e38?), or the model's "
+                "weights do."
+            )
+
+
 class DivergenceGuard:
     """Trainer handler: a loss or weights that are no longer finite numbers stop the training, in one line.
 
@@ -256,14 +295,12 @@ class DivergenceGuard:
 
 
     def _check_prediction(self, validator: Workflow) -> None:
-        output = validator.state.output
-        if bool(torch.isfinite(output["pred"]).all()):
-            return
-        case = getattr(output.get("image"), "meta", {}).get("filename_or_obj", ["a validation case"])
-        raise BundleError(
-            f"training diverged by epoch {validator.state.epoch}: the network's prediction for {case[0]} holds NaN "
-            "or Inf values; nothing of this epoch was saved (a smaller --learning_rate may help)."
-        )
+        case = non_finite_prediction(validator.state.output)
+        if case is not None:
+            raise BundleError(
+                f"training diverged by epoch {validator.state.epoch}: the network's prediction for {case} holds NaN "
+                "or Inf values; nothing of this epoch was saved (a smaller --learning_rate may help)."
+            )
 
 
 class TrainingStateSaver:
