@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -271,7 +272,7 @@ class DivergenceGuard:
     def _check_loss(self, engine: Engine) -> None:
         output = engine.state.output  # MONAI's decollated batch repeats the loss in every item
         loss = float((output[0] if isinstance(output, list) else output)["loss"])
-        if torch.isfinite(torch.tensor(loss)):
+        if math.isfinite(loss):
             self._finite_losses += 1
         elif getattr(engine, "scaler", None) is None:
             raise BundleError(
@@ -292,7 +293,6 @@ class DivergenceGuard:
                 f"training diverged in epoch {engine.state.epoch}: the loss of every iteration was NaN or Inf; "
                 "nothing of this epoch was validated or saved (a smaller --learning_rate may help)."
             )
-
 
     def _check_prediction(self, validator: Workflow) -> None:
         case = non_finite_prediction(validator.state.output)
