@@ -113,6 +113,10 @@ def test_a_corrupt_or_overflowing_scan_is_refused_by_training_and_inference(
                         check=False)
     assert one_line_error(result).startswith(f"unet-med: {problem}")
     assert hashes(tmp_path / "models") == models
+    fresh = tmp_path / "fresh"  # no plan yet: refused before planning
+    result = bundle_cli(bundle, "configs/train.yaml", fresh, "runs", *SHORT, *two_cases, check=False)
+    assert one_line_error(result).startswith(f"unet-med: {problem}")
+    assert not list(fresh.rglob("*")), "no plan, model or log"
 
     # finite intensities near float32's largest overflow in normalisation: the NaN prediction is no mask
     scan = nib.load(samples / "imagesTr" / "hippocampus_001.nii.gz")
