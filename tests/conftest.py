@@ -46,6 +46,21 @@ def bundle_dirs() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def corrupt_gzip() -> Callable[[Path], Path]:
+    """Damages a ``.nii.gz`` file in place as a bad disk or transfer does: 200 bytes in the middle of its
+    gzip stream inverted. The stream still decompresses, to wrong values; only its CRC tells."""
+
+    def corrupt(path: Path) -> Path:
+        content = bytearray(path.read_bytes())
+        middle = len(content) // 2
+        content[middle : middle + 200] = bytes(byte ^ 0xFF for byte in content[middle : middle + 200])
+        path.write_bytes(bytes(content))
+        return path
+
+    return corrupt
+
+
+@pytest.fixture(scope="session")
 def child_env() -> dict[str, str]:
     """The environment for a child Python process that imports the checkout's ``unet_med``."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

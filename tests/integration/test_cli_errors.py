@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +92,59 @@ def test_a_broken_symlink_is_named_by_its_own_path(tmp_path, samples, bundle_dir
     )
     assert hashes(data) == before and not (tmp_path / "models").exists()
     assert json.loads((data / "dataset.json").read_text())
+
+
+def test_a_corrupt_or_overflowing_scan_is_refused_by_training_and_inference(
+    tmp_path, samples, bundle_dirs, bundle_cli, corrupt_gzip
+):
+    bundle, data = bundle_dirs["3d"], tmp_path / "data"
+    shutil.copytree(samples, data)
+    two_cases = ["--dataset_dir", str(data), "--train#dataset#data", "$@datalists['training'][:2]"]
+    bundle_cli(bundle, "configs/train.yaml", tmp_path, "runs", *SHORT, *two_cases)
+    models = hashes(tmp_path / "models")
+    corrupt = corrupt_gzip(data / "imagesTr" / "hippocampus_001.nii.gz")  # decodes to wrong values, CRC fails
+    problem = f"{corrupt}: corrupt: its gzip stream fails its checks (CRC check failed 0x"
+
+    result = bundle_cli(bundle, "configs/inference.yaml", tmp_path, "seg", "--datalist", str(corrupt), check=False)
+    assert one_line_error(result).startswith(f"unet-med: {problem}")
+    assert not (tmp_path / "seg").exists(), "no mask is written"
+
+    result = bundle_cli(bundle, "configs/train.yaml", tmp_path, "runs", *SHORT, *two_cases, "--resume", "true",
+                        check=False)
+    assert one_line_error(result).startswith(f"unet-med: {problem}")
+    assert hashes(tmp_path / "models") == models
+    fresh = tmp_path / "fresh"  # no plan yet: refused before planning
+    result = bundle_cli(bundle, "configs/train.yaml", fresh, "runs", *SHORT, *two_cases, check=False)
+    assert one_line_error(result).startswith(f"unet-med: {problem}")
+    assert not list(fresh.rglob("*")), "no plan, model or log"
+
+    # finite intensities near float32's largest overflow in normalisation: the NaN prediction is no mask
+    scan = nib.load(samples / "imagesTr" / "hippocampus_001.nii.gz")
+    values = np.asarray(scan.dataobj, dtype=np.float32)
+    values[values > values.mean()] = 3e38
+    huge = tmp_path / "huge.nii"
+    nib.save(nib.Nifti1Image(values, scan.affine), huge)
+    result = bundle_cli(bundle, "configs/inference.yaml", tmp_path, "seg", "--datalist", str(huge), check=False)
+    assert one_line_error(result).startswith(f"unet-med: {huge}: the network's prediction holds NaN or Inf values, "
+                                             "so no mask is written for it")
+    assert not (tmp_path / "seg").exists()
+
+
+@pytest.mark.parametrize(
+    ("cases", "message"),
+    [
+        # two iterations an epoch: the second one's loss is NaN
+        (2, "unet-med: training diverged at epoch 1, iteration 2 of 2: the loss is nan; nothing of this epoch was "
+            "validated or saved (a smaller --learning_rate may help)."),
+        # one iteration: its step leaves weights so large that the validation prediction overflows
+        (1, "unet-med: training diverged by epoch 1: the network's prediction for "),
+    ],
+)
+def test_a_diverging_training_stops_in_one_line_and_saves_no_model(cases, message, tmp_path, bundle_dirs, bundle_cli):
+    # --learning_rate 1e4 only makes the loss large here (1e7 to 1e8, finite, and no threshold stops it): 1e20
+    # makes AdamW's first steps large enough to overflow float32
+    overrides = [*SHORT, "--num_samples", "1", "--batch_size", "1", "--learning_rate", "1e20"]
+    overrides += ["--train#dataset#data", f"$@datalists['training'][:{cases}]"]
+    result = bundle_cli(bundle_dirs["3d"], "configs/train.yaml", tmp_path, "runs", *overrides, check=False)
+    assert one_line_error(result).startswith(message)
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["fingerprint.json", "plan.yaml"]

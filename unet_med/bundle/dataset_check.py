@@ -5,11 +5,13 @@ A command, as well as what the bundles run before they build anything::
     python -m unet_med.bundle.dataset_check /data/Task04_Hippocampus --spatial-dims 3 --num-classes 3
 
 It checks that every image of ``dataset.json``'s ``training`` section has its label and that no image or label
-in ``imagesTr/``/``labelsTr/`` lacks its partner; that every file loads (not truncated or corrupt); that image
-and label have the same shape and, within a tolerance, the same affine; that labels hold integers of the label
-set of ``dataset.json``; that images hold no NaN or Inf and are not empty; and that the dimensionality and the
-channel count suit the bundle. Intensity ranges and data types are not checked: scans of one dataset may differ
-by orders of magnitude (MSD hippocampus mixes float32 and uint8 images), which per-volume normalisation handles.
+in ``imagesTr/``/``labelsTr/`` lacks its partner; that every file loads (not truncated or corrupt: a ``.nii.gz``
+file's gzip CRC is checked); that image and label have the same shape and, within a tolerance, the same affine;
+that labels hold integers of the label set of ``dataset.json``; that voxels are real numbers (not RGB or other
+structured types); that images hold no NaN or Inf (nor values float32 cannot hold) and are not empty; and that
+the dimensionality and the channel count suit the bundle. Intensity ranges and numeric types are not checked:
+scans of one dataset may differ by orders of magnitude (MSD hippocampus mixes float32 and uint8 images), which
+per-volume normalisation handles.
 
 Shapes and affines come from the NIfTI headers; values need the data, so every file is read once, by a few
 threads at a time (2 to 4 s for the 400 files of 200 hippocampus cases on a busy 2-core CPU).
@@ -18,9 +20,11 @@ threads at a time (2 to 4 s for the 400 files of 200 hippocampus cases on a busy
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,7 +107,26 @@ def _read_problem(error: Exception) -> str:
         return "not a NIfTI file, or its header is cut short"
     if isinstance(error, EOFError):
         return "truncated: the file ends before its data does"
+    if isinstance(error, (gzip.BadGzipFile, zlib.error)):
+        return f"corrupt: its gzip stream fails its checks ({' '.join(str(error).split())})"
     return f"cannot be read, corrupt or truncated ({type(error).__name__}: {' '.join(str(error).split())})"
+
+
+def _nifti(path: str) -> nib.Nifti1Image:
+    """A NIfTI file's image; a ``.nii.gz`` file read to the end of its gzip stream, whose CRC is then checked.
+
+    nibabel reads only the bytes the header announces, so a gzip stream damaged inside its data decompresses
+    to wrong values (often around 1e38) without an error; Python's ``gzip`` checks the CRC and length once the
+    stream is read to its end, which is what the check reads anyway.
+    """
+    with open(path, "rb") as file:
+        gzipped = file.read(2) == b"\x1f\x8b"
+    if not gzipped:  # a plain .nii, or a file that is no NIfTI at all: nibabel names what it finds
+        return nib.load(path)
+    with gzip.open(path) as stream:
+        raw = stream.read()
+    header_size = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+    return (nib.Nifti2Image if 540 in header_size else nib.Nifti1Image).from_bytes(raw)
 
 
 def _load(path: str, problems: list[str]) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | None:
@@ -123,7 +146,7 @@ def _load(path: str, problems: list[str]) -> tuple[tuple[int, ...], np.ndarray, 
             return None
     try:
         if path.lower().endswith(NIFTI_SUFFIXES):
-            image = nib.load(path)
+            image = _nifti(path)
             return tuple(image.shape), image.affine, np.asanyarray(image.dataobj)
         data, meta = SimpleITKReader().get_data(read_scan(path))
         return data.shape, meta["affine"], data
@@ -133,11 +156,25 @@ def _load(path: str, problems: list[str]) -> tuple[tuple[int, ...], np.ndarray, 
 
 
 def _non_finite(data: np.ndarray) -> str | None:
-    """NaN and Inf voxels, or ``None``."""
+    """NaN and Inf voxels, and values that the bundles' float32 cannot hold, or ``None``."""
     if data.dtype.kind not in "fc":
         return None
     nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
-    return f"{nan} NaN and {inf} Inf voxels" if nan or inf else None
+    if nan or inf:
+        return f"{nan} NaN and {inf} Inf voxels"
+    beyond = int((np.abs(data) > np.finfo(np.float32).max).sum()) if data.dtype.itemsize > 4 else 0
+    return f"{beyond} voxels beyond float32's range (they would read as Inf)" if beyond else None
+
+
+def _voxel_type_problem(data: np.ndarray) -> str | None:
+    """Why a file's voxels are not one real number each (RGB, structured or complex data), or ``None``."""
+    if data.dtype.kind in "biuf":
+        return None
+    kind = f"{', '.join(data.dtype.names)} fields" if data.dtype.names else f"{data.dtype.name} numbers"
+    return (
+        f"voxels of data type {data.dtype} ({kind}): the bundles read one real number per voxel and channel "
+        "(store channels on the 4th axis)"
+    )
 
 
 def _image_values(data: np.ndarray) -> str | None:
@@ -169,7 +206,8 @@ def _inspect(
     if loaded is None:
         return None
     shape, affine, data = loaded
-    found = [spec.shape_problem(shape, channels), None if 0 in shape else values(data)]
+    type_problem = _voxel_type_problem(data)
+    found = [spec.shape_problem(shape, channels), type_problem or (None if 0 in shape else values(data))]
     problems += [f"{path}: {problem}" for problem in found if problem]
     return Volume(shape[:3], affine)
 

@@ -2,6 +2,9 @@
 
 - :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` with atomic files; the bundles save the best
   model with it (``models/model.pt``: ``{"model": state_dict, "plan": the plan it was trained with}``).
+- :class:`DivergenceGuard` stops a training whose loss or weights stop being finite numbers, naming the epoch and
+  iteration, before anything of that epoch is validated or saved; the savers refuse non-finite weights too.
+- :class:`FinitePredictionGuard` stops inference, naming the scan, before a NaN or Inf prediction is written.
 - :class:`TrainingStateSaver` writes the whole training state (network, optimizer, scheduler, trainer epoch
   and iteration, best metric) to one file after every epoch; :class:`WeightsOnlyCheckpointLoader` resumes
   from it, or loads any checkpoint, through MONAI's ``CheckpointLoader``; files are read with
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +26,7 @@ from ignite import distributed as idist
 from ignite.engine import Events
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
 from torch.optim.lr_scheduler import PolynomialLR
@@ -44,9 +49,26 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "BestModelGuard",
+    "DivergenceGuard",
+    "FinitePredictionGuard",
     "TrainingStateSaver",
     "WeightsOnlyCheckpointLoader",
 ]
+
+
+def non_finite_tensor(state: Any, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor of ``state`` (nested dicts, lists) with NaN or Inf, or ``None``."""
+    if isinstance(state, torch.Tensor):
+        return prefix if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    if isinstance(state, Mapping):
+        items = state.items()
+    else:
+        items = enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite_tensor(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -72,10 +94,20 @@ class AtomicDiskSaver(BaseSaveHandler):
         return self.dirname / (self.filename or filename)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        """Write ``checkpoint`` (on rank 0 only), then delete the files it supersedes."""
+        """Write ``checkpoint`` (on rank 0 only), then delete the files it supersedes.
+
+        Raises:
+            BundleError: naming the file and the tensor, if a tensor holds NaN or Inf: such weights are never saved.
+        """
         if idist.get_rank() != 0:
             return
         path = self._path(filename)
+        broken = non_finite_tensor(checkpoint)
+        if broken is not None:
+            raise BundleError(
+                f"{path}: not saved: {broken} holds NaN or Inf values; the training diverged "
+                "(a smaller --learning_rate may help)."
+            )
         save_checkpoint(checkpoint, path)
         for old in self._superseded:
             if old != path:
@@ -156,6 +188,119 @@ def _unwrapped(obj: Any) -> Any:
     """The module inside a ``DataParallel``/``DistributedDataParallel`` wrapper, or ``obj``."""
     parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     return obj.module if isinstance(obj, parallel) else obj
+
+
+def non_finite_prediction(output: Mapping[str, Any]) -> str | None:
+    """The scan whose raw prediction (a MONAI engine's output before post-processing) holds NaN or Inf, or ``None``.
+
+    Returns:
+        The scan's file name from the image's metadata (``"a case"`` without it), or ``None`` if every value is
+        finite.
+    """
+    if bool(torch.isfinite(output["pred"]).all()):
+        return None
+    names = getattr(output.get("image"), "meta", {}).get("filename_or_obj", ["a case"])
+    return str(names[0] if isinstance(names, (list, tuple)) else names)
+
+
+class FinitePredictionGuard:
+    """Evaluator handler: a prediction with NaN or Inf values stops the run, naming the scan, before it is written.
+
+    ``argmax`` turns NaN logits into a mask of background (or of any class), which would be written as a
+    plausible segmentation. Inference attaches it; scans that cannot be read or hold NaN or Inf are refused
+    earlier (:func:`unet_med.bundle.dataset_check.check_images`), so this catches finite intensities that overflow
+    float32 on their way through normalisation and the network, and models whose weights do.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Check each of ``engine``'s predictions after the forward pass, before post-processing writes it."""
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
+
+    def __call__(self, engine: Workflow) -> None:
+        """Raise a :class:`BundleError` naming the scan if ``engine``'s prediction holds NaN or Inf."""
+        case = non_finite_prediction(engine.state.output)
+        if case is not None:
+            raise BundleError(
+                f"{case}: the network's prediction holds NaN or Inf values, so no mask is written for it: its "
+                "intensities overflow float32 on their way through the network (values near 1e38?), or the model's "
+                "weights do."
+            )
+
+
+class DivergenceGuard:
+    """Trainer handler: a loss or weights that are no longer finite numbers stop the training, in one line.
+
+    A training diverges when its loss becomes NaN or Inf, or its weights do, or finite weights grown so large that
+    the network's outputs overflow (an optimizer step can do either on an epoch's last iteration, whose loss was
+    still finite). After every iteration the loss is checked; after every epoch, before the handlers attached
+    after this one (validation, the model and state savers, the report), the network's weights are; and with a
+    ``validator``, each validation prediction before it is post-processed and scored (argmax turns NaN logits
+    into a plausible mask). Each stops the run with a :class:`BundleError` that names the epoch (and iteration),
+    so that no model or training state of a diverged network is written. No threshold on the loss's value is
+    used: a large finite loss may still come down.
+
+    Under CUDA mixed precision (the engine's gradient scaler), a float16 overflow gives a non-finite loss whose
+    step the scaler skips, leaving the weights as they were: there only an epoch without one finite loss stops.
+
+    Args:
+        network: the trained network (its parameters are checked).
+        validator: the MONAI evaluator that validates it, or ``None``.
+    """
+
+    def __init__(self, network: torch.nn.Module, validator: Workflow | None = None) -> None:
+        self.network = network
+        self.validator = validator
+        self._finite_losses = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Check ``engine``'s loss after each iteration, the weights after each epoch, the validator's outputs."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._new_epoch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check_epoch)
+        if self.validator is not None:
+            self.validator.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._check_prediction)
+
+    def _new_epoch(self, engine: Engine) -> None:
+        self._finite_losses = 0
+
+    @staticmethod
+    def _where(engine: Engine) -> str:
+        """``epoch E, iteration I of N`` (the iteration counted within the epoch)."""
+        length = engine.state.epoch_length
+        return f"epoch {engine.state.epoch}, iteration {(engine.state.iteration - 1) % length + 1} of {length}"
+
+    def _check_loss(self, engine: Engine) -> None:
+        output = engine.state.output  # MONAI's decollated batch repeats the loss in every item
+        loss = float((output[0] if isinstance(output, list) else output)["loss"])
+        if math.isfinite(loss):
+            self._finite_losses += 1
+        elif getattr(engine, "scaler", None) is None:
+            raise BundleError(
+                f"training diverged at {self._where(engine)}: the loss is {loss}; nothing of this epoch was "
+                "validated or saved (a smaller --learning_rate may help)."
+            )
+
+    def _check_epoch(self, engine: Engine) -> None:
+        broken = non_finite_tensor(_unwrapped(self.network).state_dict())
+        if broken is not None:
+            raise BundleError(
+                f"training diverged at {self._where(engine)}: after its optimizer step the network's {broken} "
+                "holds NaN or Inf values; nothing of this epoch was validated or saved (a smaller --learning_rate "
+                "may help)."
+            )
+        if self._finite_losses == 0:
+            raise BundleError(
+                f"training diverged in epoch {engine.state.epoch}: the loss of every iteration was NaN or Inf; "
+                "nothing of this epoch was validated or saved (a smaller --learning_rate may help)."
+            )
+
+    def _check_prediction(self, validator: Workflow) -> None:
+        case = non_finite_prediction(validator.state.output)
+        if case is not None:
+            raise BundleError(
+                f"training diverged by epoch {validator.state.epoch}: the network's prediction for {case} holds NaN "
+                "or Inf values; nothing of this epoch was saved (a smaller --learning_rate may help)."
+            )
 
 
 class TrainingStateSaver:

@@ -165,8 +165,29 @@ def test_check_images_names_each_bad_input(tmp_path):
         check_images([{"image": str(p)} for p in (good, flat, truncated)], spatial_dims=3)
     assert error.value.problems == [
         f"{flat}: 2D file (8 x 9): the bundles read 3D volumes (save a 2D image as X x Y x 1)",
-        f"{truncated}: not a NIfTI file, or its header is cut short",
+        f"{truncated}: truncated: the file ends before its data does",  # its gzip stream ends in the header
     ]
+
+
+def test_corrupt_gzip_structured_voxels_and_float32_overflow_are_one_line_each(tmp_path, samples, corrupt_gzip):
+    corrupt = tmp_path / "corrupt.nii.gz"
+    shutil.copyfile(samples / "imagesTr" / "hippocampus_001.nii.gz", corrupt)
+    corrupt_gzip(corrupt)
+    decoded = np.asanyarray(nib.load(corrupt).dataobj)  # what a reader that stops at the data's end sees
+    assert decoded.shape == nib.load(samples / "imagesTr" / "hippocampus_001.nii.gz").shape
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["G"] = 7
+    rgb_path = save_nifti(tmp_path / "rgb.nii.gz", rgb)
+    huge = save_nifti(tmp_path / "huge.nii.gz", make_image(dtype=np.float64) * 1e300)
+    with pytest.raises(DatasetError) as error:
+        check_images([{"image": str(path)} for path in (corrupt, rgb_path, huge)], spatial_dims=3)
+    assert error.value.problems[0].startswith(f"{corrupt}: corrupt: its gzip stream fails its checks (CRC check")
+    assert error.value.problems[1] == (
+        f"{rgb_path}: voxels of data type [('R', 'u1'), ('G', 'u1'), ('B', 'u1')] (R, G, B fields): the bundles "
+        "read one real number per voxel and channel (store channels on the 4th axis)"
+    )
+    assert error.value.problems[2] == f"{huge}: {np.prod(SHAPE)} voxels beyond float32's range (they would read as Inf)"
+    assert len(error.value.problems) == 3
 
 
 def test_check_images_reads_every_scan_format_and_names_a_bad_one(scan_formats, tmp_path):

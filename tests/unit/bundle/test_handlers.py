@@ -9,7 +9,9 @@ from ignite.engine import Engine, Events
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.handlers import (
     AtomicCheckpointSaver,
+    AtomicDiskSaver,
     BestModelGuard,
+    DivergenceGuard,
     TrainingStateSaver,
     WeightsOnlyCheckpointLoader,
 )
@@ -196,3 +198,58 @@ def test_training_from_scratch_over_a_model_is_refused(tmp_path):
     with pytest.raises(BundleError, match=r"model\.pt: a trained model is already there; --resume true .*--overwrite"):
         guarded_run(tmp_path, torch.nn.Linear(3, 1).state_dict(), scores=[0.9])
     assert (tmp_path / "model.pt").read_bytes() == before
+
+
+def diverging_run(losses: list[float], nan_weights_at: int | None = None, scaled: bool = False) -> list[int]:
+    """Two epochs of two iterations with these losses (MONAI's decollated output), guarded by DivergenceGuard.
+
+    ``nan_weights_at``: the iteration whose step leaves a NaN weight. Returns the epochs that handlers attached
+    after the guard (validation, savers) saw completed.
+    """
+    net = torch.nn.Linear(2, 1)
+
+    def step(engine, batch):
+        if engine.state.iteration == nan_weights_at:
+            with torch.no_grad():
+                net.bias.fill_(float("nan"))
+        loss = torch.tensor(losses[engine.state.iteration - 1])
+        return [{"loss": loss}, {"loss": loss}]
+
+    trainer = Engine(step)
+    trainer.scaler = object() if scaled else None  # MONAI's trainers hold a GradScaler under CUDA amp
+    DivergenceGuard(net).attach(trainer)
+    completed: list[int] = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: completed.append(engine.state.epoch))
+    trainer.run([0, 1], max_epochs=2)
+    return completed
+
+
+def test_a_non_finite_loss_or_weight_stops_training_naming_the_epoch_and_iteration():
+    assert diverging_run([1.0, 2e30, 3.0, 1e38]) == [1, 2]  # large but finite: no threshold
+    with pytest.raises(BundleError, match=r"^training diverged at epoch 2, iteration 1 of 2: the loss is nan; "):
+        diverging_run([1.0, 1.0, float("nan"), 1.0])
+    with pytest.raises(BundleError, match=r"at epoch 1, iteration 2 of 2: the loss is inf;"):
+        diverging_run([1.0, float("inf"), 1.0, 1.0])
+    # the step of an epoch's last iteration, whose loss was finite, leaves NaN weights: caught before validation
+    with pytest.raises(BundleError, match=r"at epoch 1, iteration 2 of 2: after its optimizer step the network's "
+                                          r"bias holds NaN or Inf values; nothing of this epoch was validated"):
+        diverging_run([1.0] * 4, nan_weights_at=2)
+
+
+def test_under_a_gradient_scaler_only_an_epoch_without_a_finite_loss_stops():
+    # float16 overflows give non-finite losses whose steps the scaler skips
+    assert diverging_run([1.0, float("inf"), float("nan"), 1.0], scaled=True) == [1, 2]
+    with pytest.raises(BundleError, match=r"in epoch 2: the loss of every iteration was NaN or Inf"):
+        diverging_run([1.0, 1.0, float("nan"), float("inf")], scaled=True)
+
+
+def test_the_savers_never_write_non_finite_weights(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    AtomicDiskSaver(tmp_path, "model.pt")({"model": net.state_dict()}, "ignored.pt")
+    before = (tmp_path / "model.pt").read_bytes()
+    with torch.no_grad():
+        net.weight[0, 1] = float("inf")
+    with pytest.raises(BundleError, match=rf"^{tmp_path / 'model.pt'}: not saved: model.weight holds NaN or Inf"):
+        AtomicDiskSaver(tmp_path, "model.pt")({"model": net.state_dict(), "plan": {"epochs": 1}}, "ignored.pt")
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]

@@ -375,13 +375,54 @@ def test_old_parameter_names_and_shapes() -> None:
         net.load_state_dict({key: torch.zeros(shape) for key, shape in entry["state_dict"].items()}, strict=True)
 
 
-def test_old_checkpoints_load_and_predict_alike() -> None:
-    """Weights, an input and the outputs saved by unet-med 0.1 (commit 4badfc7): same predictions now."""
+def float32_tolerance(net: UNet, expected: torch.Tensor) -> float:
+    """How far two correct float32 evaluations of ``net`` may differ on outputs like ``expected``, on any CPU.
+
+    Each convolution output is a float32 sum of K products (input channels x kernel voxels). CPUs order and block
+    that sum differently (AVX2, AVX-512 and AMX kernels, thread splits): each order's rounding error is at most
+    K * u (u = 2**-24, the float32 unit roundoff) of the terms' magnitude, so two orders differ by up to K * eps
+    (eps = 2u). A layer passes its input's differences on and adds its own, so over the network's L convolutions
+    they add up to L * K * eps of the output's scale: 1.7e-3 on the 2D network's outputs up to 15 (saved on one
+    CPU, 2.8e-4 away on an AVX-512/AMX one), 3e-4 on the 3D one's, while one wrong weight moves them by more
+    (see test_old_checkpoint_tolerance_catches_a_wrong_weight).
+    """
+    convolutions = [m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    terms = max(m.weight.numel() // m.out_channels for m in convolutions)
+    return len(convolutions) * terms * torch.finfo(torch.float32).eps * float(expected.abs().max())
+
+
+def assert_predicts(net: UNet, entry: dict, name: str) -> None:
+    """``net`` gives the saved evaluation and training outputs of ``entry``, within :func:`float32_tolerance`."""
+    with torch.no_grad():
+        for mode, key in ((net.eval, "output"), (net.train, "training_output")):
+            expected = entry[key]
+            tolerance = float32_tolerance(net, expected)
+            torch.testing.assert_close(mode()(entry["input"]), expected, rtol=0.0, atol=tolerance, msg=f"{name} {key}")
+
+
+def old_checkpoints() -> dict[str, dict]:
+    """Weights, an input and the outputs saved by unet-med 0.1 (commit 4badfc7), by network."""
     saved = torch.load(DATA / "unet_0.1_checkpoints.pt", weights_only=True)
     assert set(saved) == {"same_3d_deep_supervision", "valid_2d_nontrainable"}
-    for name, entry in saved.items():
+    return saved
+
+
+def test_old_checkpoints_load_and_predict_alike() -> None:
+    for name, entry in old_checkpoints().items():
         net = UNet(**entry["arguments"])
         net.load_state_dict(entry["state_dict"], strict=True)
-        with torch.no_grad():
-            torch.testing.assert_close(net.eval()(entry["input"]), entry["output"], msg=name)
-            torch.testing.assert_close(net.train()(entry["input"]), entry["training_output"], msg=name)
+        assert_predicts(net, entry, name)
+
+
+@pytest.mark.parametrize("layer", ["encoder.0", "decoder.0", "head"])
+def test_old_checkpoint_tolerance_catches_a_wrong_weight(layer: str) -> None:
+    """The tolerance is no blanket: one weight of the first, a middle or the last layer set to 0 fails it."""
+    for name, entry in old_checkpoints().items():
+        state = dict(entry["state_dict"])
+        key = next(key for key in state if key.startswith(layer) and key.endswith("weight") and state[key].dim() > 1)
+        state[key] = state[key].clone()
+        state[key].view(-1)[state[key].abs().argmax()] = 0.0
+        net = UNet(**entry["arguments"])
+        net.load_state_dict(state, strict=True)
+        with pytest.raises(AssertionError):
+            assert_predicts(net, entry, name)
