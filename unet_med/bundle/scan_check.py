@@ -1,0 +1,157 @@
+"""Scans unlike the ones a model was trained on: a warning line naming the scan and what differs, or a refusal.
+
+A model segments whatever it is given: a hippocampus MRI model labelled 13.5% of an abdominal CT "hippocampus"
+without a word. The plan records the range of voxel spacings and of physical sizes (shape times spacing, mm) of
+the scans it was made from (``trained_on``, see :func:`trained_on`); :class:`ScanCheckd`, in the bundles'
+inference preprocessing (so in MONAI Label too), compares each scan with it after ``Orientationd`` and, for a
+scan outside those ranges by more than :data:`FACTOR` on some axis, logs one warning line naming the scan and
+each difference, or with ``--strict_scans true`` refuses it: :func:`refuse_unlike_scans` runs the preprocessing
+up to the check on every input before anything is built or written, and names every such scan, one line each
+(exit 1).
+
+The factor was chosen on real data (spacing and size of every case, RAS axes; "outside by" is how many times
+smaller than the smallest or larger than the largest training value a scan is on its worst axis):
+
+=============================================  =============  ===========
+plan from / scans checked                      spacing        size
+=============================================  =============  ===========
+10 hippocampus cases / the 200 of MSD Task04   1.00 (all)     1.00 - 1.29
+10 hippocampus cases / 80 LA 2018 MRI          1.60 (all)     2.37 - 3.91
+10 hippocampus cases / the abdominal CT        3.00           9.38
+200 hippocampus cases / 80 LA 2018 MRI         1.60 (all)     2.15 - 3.55
+80 LA 2018 MRI / 200 hippocampus cases         1.60 (all)     2.15 - 2.98
+80 LA 2018 MRI / the abdominal CT              4.80           3.03
+=============================================  =============  ===========
+
+With a factor of 2, none of the 200 hippocampus cases is flagged against a plan made from 10 of them, and every
+left-atrium MRI and the CT are flagged against a hippocampus plan (and the reverse). Intensities are not compared:
+the MRI intensity scale differs up to ~1000x between cases of the hippocampus set itself. A plan written before
+``trained_on`` existed has no ranges, and its scans are not checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.data.utils import affine_to_spacing
+from monai.transforms import Compose, MapTransform
+from monai.utils import ImageMetaKey
+
+from unet_med.bundle.errors import BundleError, bundle_error_in
+from unet_med.bundle.flags import as_bool
+
+__all__ = ["FACTOR", "ScanCheckd", "refuse_unlike_scans", "scan_differences", "trained_on"]
+
+FACTOR = 2.0
+"""How many times smaller than the smallest, or larger than the largest, training value a scan may be on an axis."""
+RANGES = {"spacing": "mm", "size": "mm"}
+logger = logging.getLogger(__name__)
+
+
+def trained_on(spacings: np.ndarray, shapes: np.ndarray) -> dict[str, list[list[float]]]:
+    """The plan's ``trained_on`` section: per axis the smallest and largest spacing and size of the cases.
+
+    Args:
+        spacings: ``(cases, 3)`` voxel spacings, mm, RAS axes.
+        shapes: ``(cases, 3)`` shapes in voxels, RAS axes.
+
+    Returns:
+        ``{"spacing": [[min per axis], [max per axis]], "size": [[...], [...]]}``, size in mm.
+    """
+    spacings, sizes = np.asarray(spacings, dtype=float), np.asarray(shapes, dtype=float) * spacings
+    return {name: [values.min(axis=0).tolist(), values.max(axis=0).tolist()]
+            for name, values in (("spacing", spacings), ("size", sizes))}
+
+
+def _axes(values: Sequence[float]) -> str:
+    return " x ".join(f"{value:.3g}" for value in values)
+
+
+def scan_differences(spacing: Sequence[float], shape: Sequence[int], ranges: Mapping[str, Any]) -> list[str]:
+    """What sets a scan apart from the training scans, one phrase per measure; empty if nothing does.
+
+    Args:
+        spacing: the scan's voxel spacing, mm, RAS axes.
+        shape: its spatial shape, voxels, RAS axes.
+        ranges: the plan's ``trained_on`` (see :func:`trained_on`).
+
+    Returns:
+        e.g. ``["spacing 3 x 3 x 3 mm (trained on 1 x 1 x 1 mm)"]``: a measure is named when on some axis it is
+        more than :data:`FACTOR` times below the training minimum or above the training maximum.
+    """
+    measured = {"spacing": np.asarray(spacing, dtype=float)}
+    measured["size"] = np.asarray(shape, dtype=float) * measured["spacing"]
+    differences = []
+    for name, unit in RANGES.items():
+        low, high = (np.asarray(bound, dtype=float) for bound in ranges[name])
+        if np.any(measured[name] * FACTOR < low) or np.any(measured[name] > high * FACTOR):
+            trained = _axes(low) if np.allclose(low, high) else " x ".join(
+                f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(low, high))
+            differences.append(f"{name} {_axes(measured[name])} {unit} (trained on {trained} {unit})")
+    return differences
+
+
+class ScanCheckd(MapTransform):
+    """Warn about (or refuse) a scan unlike the ones the model was trained on; the data passes unchanged.
+
+    Put it after ``Orientationd(axcodes="RAS")`` and before any resampling, so that spacing and shape are the
+    scan's own on RAS axes.
+
+    Args:
+        keys: the images.
+        plan: the model's plan; without a ``trained_on`` section nothing is checked.
+        strict: refuse such a scan instead of warning (the bundles' ``strict_scans`` option).
+    """
+
+    def __init__(self, keys: KeysCollection, plan: Mapping[str, Any], strict: bool | str = False) -> None:
+        super().__init__(keys)
+        self.ranges = plan.get("trained_on")
+        self.strict = as_bool(strict, "--strict_scans")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        """Check every key's scan; the data is returned as it came."""
+        if not self.ranges:
+            return data
+        for key in self.key_iterator(data):
+            image = data[key]
+            spacing = affine_to_spacing(np.asarray(image.affine, dtype=float), r=3)
+            differences = scan_differences(spacing, image.shape[1:4], self.ranges)
+            if not differences:
+                continue
+            scan = image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, key)
+            message = f"{scan}: unlike the scans the model was trained on: {'; '.join(differences)}"
+            if self.strict:
+                raise BundleError(f"{message} (--strict_scans true refuses it).")
+            logger.warning(f"{message}; its segmentation may be wrong (--strict_scans true refuses such scans).")
+        return data
+
+
+def refuse_unlike_scans(datalist: Sequence[Mapping[str, Any]], preprocessing: Compose) -> None:
+    """Before anything is built: refuse every input that ``preprocessing``'s strict :class:`ScanCheckd` refuses.
+
+    Runs the transforms up to and including the first :class:`ScanCheckd` (loading and orienting each scan) on
+    every input when that check is strict (``--strict_scans true``); otherwise, or without such a transform, it
+    does nothing.
+
+    Raises:
+        BundleError: one line per scan unlike the training scans.
+    """
+    checks = [index for index, transform in enumerate(preprocessing.transforms) if isinstance(transform, ScanCheckd)]
+    if not checks or not preprocessing.transforms[checks[0]].strict:
+        return
+    head = Compose(preprocessing.transforms[: checks[0] + 1])
+    refused = []
+    for item in datalist:
+        try:
+            head(dict(item))
+        except Exception as error:  # Compose wraps it in a RuntimeError
+            ours = bundle_error_in(error)
+            if ours is None:
+                raise
+            refused.append(str(ours))
+    if refused:
+        raise BundleError("\n".join(refused))
