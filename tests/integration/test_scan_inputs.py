@@ -72,3 +72,36 @@ def test_strict_scans_refuses_it_before_anything_is_written(out, coarse_scan, bu
         f"unet-med: {coarse_scan}: unlike the scans the model was trained on: spacing 3 x 3 x 3 mm (trained on "
         "1 x 1 x 1 mm); size 120 x 90 x 36 mm (trained on 33-39 x 47-52 x 31-40 mm) (--strict_scans true refuses it).")
     assert not (out / "pred").exists()
+
+
+@pytest.fixture
+def coarse_dataset(tmp_path, samples) -> Path:
+    """data_samples with 2.5 mm voxels (87 x 127 x 87 mm scans): the hippocampus crops' voxels stretched."""
+    folder = tmp_path / "coarse"
+    shutil.copytree(samples, folder)
+    for path in [*(folder / "imagesTr").glob("*.nii.gz"), *(folder / "labelsTr").glob("*.nii.gz")]:
+        image = nib.load(path)
+        affine = image.affine.copy()
+        affine[:3, :3] *= 2.5
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine, image.header), path)
+    return folder
+
+
+@pytest.mark.parametrize("strict", ["false", "true"])
+def test_evaluation_warns_about_or_refuses_cases_unlike_the_training_scans(out, coarse_dataset, bundle_dirs,
+                                                                           bundle_cli, strict):
+    config = "['configs/train.yaml','configs/evaluate.yaml']"
+    result = bundle_cli(bundle_dirs["3d"], config, out, "eval", "--dataset_dir", str(coarse_dataset), "--num_val", "1",
+                        "--amp", "false", "--strict_scans", strict, check=False)
+    unlike = (": unlike the scans the model was trained on: spacing 2.5 x 2.5 x 2.5 mm (trained on 1 x 1 x 1 mm); "
+              "size ")
+    if strict == "true":
+        line = one_line_error(result)
+        assert line.startswith(f"unet-med: {coarse_dataset / 'imagesTr'}/") and unlike in line
+        assert line.endswith("(--strict_scans true refuses it).")
+        assert not (out / "eval").exists()
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+        warnings = [line for line in result.stdout.splitlines() if unlike in line]
+        assert len(warnings) == 1 and "WARNING" in warnings[0], result.stdout[-3000:]
+        assert (out / "eval" / "metrics.csv").exists()

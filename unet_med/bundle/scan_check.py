@@ -2,12 +2,12 @@
 
 A model segments whatever it is given: a hippocampus MRI model labelled 13.5% of an abdominal CT "hippocampus"
 without a word. The plan records the range of voxel spacings and of physical sizes (shape times spacing, mm) of
-the scans it was made from (``trained_on``, see :func:`trained_on`); :class:`ScanCheckd`, in the bundles'
-inference preprocessing (so in MONAI Label too), compares each scan with it after ``Orientationd`` and, for a
-scan outside those ranges by more than :data:`FACTOR` on some axis, logs one warning line naming the scan and
-each difference, or with ``--strict_scans true`` refuses it: :func:`refuse_unlike_scans` runs the preprocessing
-up to the check on every input before anything is built or written, and names every such scan, one line each
-(exit 1).
+the scans it was made from (``trained_on``, see :func:`trained_on`). :class:`ScanCheckd`, in the bundles'
+inference preprocessing (so in MONAI Label too) and in evaluation's (:func:`with_scan_check`), compares each
+scan with it after ``Orientationd`` and, for a scan outside those ranges by more than :data:`FACTOR` on some
+axis, logs one warning line naming the scan and each difference, or with ``--strict_scans true`` refuses it:
+:func:`refuse_unlike_scans` runs the preprocessing up to the check on every input before anything is built or
+written, and names every such scan, one line each (exit 1).
 
 The factor was chosen on real data (spacing and size of every case, RAS axes; "outside by" is how many times
 smaller than the smallest or larger than the largest training value a scan is on its worst axis):
@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from monai.config import KeysCollection
 from monai.data.utils import affine_to_spacing
-from monai.transforms import Compose, MapTransform
+from monai.transforms import Compose, MapTransform, Orientationd
 from monai.utils import ImageMetaKey
 
 from unet_med.bundle.errors import BundleError, bundle_error_in
 from unet_med.bundle.flags import as_bool
 
-__all__ = ["FACTOR", "ScanCheckd", "refuse_unlike_scans", "scan_differences", "trained_on"]
+__all__ = ["FACTOR", "ScanCheckd", "refuse_unlike_scans", "scan_differences", "trained_on", "with_scan_check"]
 
 FACTOR = 2.0
 """How many times smaller than the smallest, or larger than the largest, training value a scan may be on an axis."""
@@ -155,3 +155,18 @@ def refuse_unlike_scans(datalist: Sequence[Mapping[str, Any]], preprocessing: Co
             refused.append(str(ours))
     if refused:
         raise BundleError("\n".join(refused))
+
+
+def with_scan_check(
+    transforms: Sequence[Any], plan: Mapping[str, Any], strict: bool | str, keys: KeysCollection = "image"
+) -> list[Any]:
+    """``transforms`` with a :class:`ScanCheckd` of ``keys`` right after their ``Orientationd``.
+
+    Raises:
+        ValueError: if ``transforms`` hold no ``Orientationd`` (spacing and shape would not be on RAS axes).
+    """
+    transforms = list(transforms)
+    oriented = next((i for i, transform in enumerate(transforms) if isinstance(transform, Orientationd)), None)
+    if oriented is None:
+        raise ValueError("with_scan_check: the transforms hold no Orientationd to put the check after")
+    return [*transforms[: oriented + 1], ScanCheckd(keys, plan, strict), *transforms[oriented + 1 :]]

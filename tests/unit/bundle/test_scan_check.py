@@ -9,7 +9,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 
 from unet_med.bundle.plan import PlanSettings, plan_dataset
 from unet_med.bundle.plan_file import validate_plan
-from unet_med.bundle.scan_check import ScanCheckd, refuse_unlike_scans, scan_differences
+from unet_med.bundle.scan_check import ScanCheckd, refuse_unlike_scans, scan_differences, with_scan_check
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,11 @@ def test_a_plan_without_ranges_checks_nothing(plan, tmp_path):
     ct = abdominal_ct_like(tmp_path / "abdomen.nii.gz")
     older = {key: value for key, value in plan.items() if key != "trained_on"}
     refuse_unlike_scans([{"image": ct}], loader(older, "true"))
+
+
+def test_evaluation_puts_the_check_right_after_the_reorientation(plan):
+    loading = [LoadImaged("image"), EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS")]
+    checked = with_scan_check(loading, plan, "true")
+    assert checked[:3] == loading and isinstance(checked[3], ScanCheckd) and checked[3].strict
+    with pytest.raises(ValueError, match="no Orientationd"):
+        with_scan_check(loading[:2], plan, "false")
