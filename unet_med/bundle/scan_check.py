@@ -71,24 +71,29 @@ def _axes(values: Sequence[float]) -> str:
     return " x ".join(f"{value:.3g}" for value in values)
 
 
-def scan_differences(spacing: Sequence[float], shape: Sequence[int], ranges: Mapping[str, Any]) -> list[str]:
+def scan_differences(
+    spacing: Sequence[float], shape: Sequence[int], ranges: Mapping[str, Any], axes: int = 3
+) -> list[str]:
     """What sets a scan apart from the training scans, one phrase per measure; empty if nothing does.
 
     Args:
         spacing: the scan's voxel spacing, mm, RAS axes.
         shape: its spatial shape, voxels, RAS axes.
         ranges: the plan's ``trained_on`` (see :func:`trained_on`).
+        axes: the axes compared, from the first: 3, or 2 for a 2D model, which sees one slice at a time and
+            takes any number of slices (a single one too).
 
     Returns:
-        e.g. ``["spacing 3 x 3 x 3 mm (trained on 1 x 1 x 1 mm)"]``: a measure is named when on some axis it is
-        more than :data:`FACTOR` times below the training minimum or above the training maximum.
+        e.g. ``["spacing 3 x 3 x 3 mm (trained on 1 x 1 x 1 mm)"]``: a measure is named when on some compared
+        axis it is more than :data:`FACTOR` times below the training minimum or above the training maximum.
     """
     measured = {"spacing": np.asarray(spacing, dtype=float)}
     measured["size"] = np.asarray(shape, dtype=float) * measured["spacing"]
     differences = []
     for name, unit in RANGES.items():
         low, high = (np.asarray(bound, dtype=float) for bound in ranges[name])
-        if np.any(measured[name] * FACTOR < low) or np.any(measured[name] > high * FACTOR):
+        value, low_axes, high_axes = measured[name][:axes], low[:axes], high[:axes]
+        if np.any(value * FACTOR < low_axes) or np.any(value > high_axes * FACTOR):
             trained = _axes(low) if np.allclose(low, high) else " x ".join(
                 f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(low, high))
             differences.append(f"{name} {_axes(measured[name])} {unit} (trained on {trained} {unit})")
@@ -99,17 +104,19 @@ class ScanCheckd(MapTransform):
     """Warn about (or refuse) a scan unlike the ones the model was trained on; the data passes unchanged.
 
     Put it after ``Orientationd(axcodes="RAS")`` and before any resampling, so that spacing and shape are the
-    scan's own on RAS axes.
+    scan's own on RAS axes. A 2D plan compares the in-plane axes only (see :func:`scan_differences`).
 
     Args:
         keys: the images.
-        plan: the model's plan; without a ``trained_on`` section nothing is checked.
+        plan: the model's plan (its ``spatial_dims`` and ``trained_on``); without ``trained_on`` nothing is
+            checked.
         strict: refuse such a scan instead of warning (the bundles' ``strict_scans`` option).
     """
 
     def __init__(self, keys: KeysCollection, plan: Mapping[str, Any], strict: bool | str = False) -> None:
         super().__init__(keys)
         self.ranges = plan.get("trained_on")
+        self.axes = plan["spatial_dims"]
         self.strict = as_bool(strict, "--strict_scans")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
@@ -119,7 +126,7 @@ class ScanCheckd(MapTransform):
         for key in self.key_iterator(data):
             image = data[key]
             spacing = affine_to_spacing(np.asarray(image.affine, dtype=float), r=3)
-            differences = scan_differences(spacing, image.shape[1:4], self.ranges)
+            differences = scan_differences(spacing, image.shape[1:4], self.ranges, self.axes)
             if not differences:
                 continue
             scan = image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, key)

@@ -59,6 +59,14 @@ def test_a_scan_within_twice_the_ranges_passes_and_beyond_them_is_named(plan):
         "size 35 x 50 x 81 mm (trained on 33-39 x 47-52 x 31-40 mm)"]
 
 
+def test_a_2d_model_compares_the_in_plane_axes_only(plan):
+    assert scan_differences([1.0, 1.0, 1.0], [35, 50, 1], plan["trained_on"]) == [
+        "size 35 x 50 x 1 mm (trained on 33-39 x 47-52 x 31-40 mm)"]
+    assert scan_differences([1.0, 1.0, 1.0], [35, 50, 1], plan["trained_on"], axes=2) == []  # one slice
+    assert scan_differences([1.0, 3.0, 1.0], [35, 17, 1], plan["trained_on"], axes=2) == [
+        "spacing 1 x 3 x 1 mm (trained on 1 x 1 x 1 mm)"]
+
+
 def test_an_abdominal_ct_is_flagged_against_a_hippocampus_plan(plan, tmp_path, caplog):
     ct = abdominal_ct_like(tmp_path / "abdomen.nii.gz")
     with caplog.at_level(logging.WARNING, logger="unet_med.bundle.scan_check"):
