@@ -44,6 +44,8 @@ __all__ = [
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".mha", ".mhd")
 SCAN_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+MODALITY_TAG = "0008|0060"
+"""DICOM's Modality (``CT``, ``MR``, ...): in the metadata as ``modality`` for a DICOM scan."""
 SLICE_GAP_TOLERANCE = 0.05
 """How far (in slice spacings) a step between neighbouring slices of a DICOM series may differ from the median.
 
@@ -143,7 +145,7 @@ def is_scan(path: str | os.PathLike) -> bool:
 
 
 def read_scan(path: str | os.PathLike) -> sitk.Image:
-    """A DICOM series folder or an image file as a SimpleITK image.
+    """A DICOM series folder or an image file as a SimpleITK image; a series' image keeps its DICOM modality tag.
 
     Raises:
         BundleError: for a folder without exactly one DICOM series.
@@ -152,7 +154,11 @@ def read_scan(path: str | os.PathLike) -> sitk.Image:
     if Path(path).is_dir():
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(dicom_series_files(path))
-        return reader.Execute()
+        reader.MetaDataDictionaryArrayUpdateOn()
+        image = reader.Execute()
+        if reader.HasMetaDataKey(0, MODALITY_TAG):
+            image.SetMetaData(MODALITY_TAG, reader.GetMetaData(0, MODALITY_TAG))
+        return image
     return sitk.ReadImage(str(path))
 
 
@@ -172,7 +178,8 @@ class SimpleITKReader(ImageReader):
 
     The array is indexed ``x, y, z`` (then channels, for vector pixels) like NIfTI arrays from MONAI's
     ``NibabelReader``; the metadata holds the RAS affine, the spatial shape and the channel axis as MONAI's
-    transforms expect. Use it beside ``NibabelReader`` in ``LoadImaged(reader=[...])``: it claims no NIfTI file.
+    transforms expect, and for DICOM the ``modality`` (``CT``, ``MR``, ...). Use it beside ``NibabelReader`` in
+    ``LoadImaged(reader=[...])``: it claims no NIfTI file.
     """
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
@@ -209,4 +216,6 @@ class SimpleITKReader(ImageReader):
             MetaKeys.SPACE: SpaceKeys.RAS,
             MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if image.GetNumberOfComponentsPerPixel() > 1 else float("nan"),
         }
+        if image.HasMetaDataKey(MODALITY_TAG):
+            meta["modality"] = image.GetMetaData(MODALITY_TAG).strip()
         return array, meta

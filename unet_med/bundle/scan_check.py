@@ -5,7 +5,8 @@ without a word. The plan records the range of voxel spacings and of physical siz
 the scans it was made from (``trained_on``, see :func:`trained_on`). :class:`ScanCheckd`, in the bundles'
 inference preprocessing (so in MONAI Label too) and in evaluation's (:func:`with_scan_check`), compares each
 scan with it after ``Orientationd`` and, for a scan outside those ranges by more than :data:`FACTOR` on some
-axis, logs one warning line naming the scan and each difference, or with ``--strict_scans true`` refuses it:
+axis, or a DICOM scan of another modality than the model's channel (``CT`` against ``MRI``), logs one warning
+line naming the scan and each difference, or with ``--strict_scans true`` refuses it:
 :func:`refuse_unlike_scans` runs the preprocessing up to the check on every input before anything is built or
 written, and names every such scan, one line each (exit 1).
 
@@ -44,8 +45,11 @@ from monai.utils import ImageMetaKey
 from unet_med.bundle.errors import BundleError, bundle_error_in
 from unet_med.bundle.flags import as_bool
 
-__all__ = ["FACTOR", "ScanCheckd", "refuse_unlike_scans", "scan_differences", "trained_on", "with_scan_check"]
+__all__ = ["FACTOR", "ScanCheckd", "refuse_unlike_scans", "scan_differences", "trained_modality", "trained_on",
+           "with_scan_check"]
 
+MR_NAMES = ("MR", "MRI", "T1", "T1W", "T1GD", "T2", "T2W", "FLAIR", "PD", "ADC", "DWI")
+"""Channel names of MR images (the plan's ``channel_names``, from ``dataset.json``), read as DICOM's ``MR``."""
 FACTOR = 2.0
 """How many times smaller than the smallest, or larger than the largest, training value a scan may be on an axis."""
 RANGES = {"spacing": "mm", "size": "mm"}
@@ -69,6 +73,16 @@ def trained_on(spacings: np.ndarray, shapes: np.ndarray) -> dict[str, list[list[
 
 def _axes(values: Sequence[float]) -> str:
     return " x ".join(f"{value:.3g}" for value in values)
+
+
+def trained_modality(channel_names: Sequence[str]) -> str | None:
+    """The DICOM modality (``CT``, ``MR``) a one-channel model was trained on, from its channel name, if known."""
+    if len(channel_names) != 1:
+        return None
+    name = channel_names[0].strip().upper()
+    if name == "CT":
+        return "CT"
+    return "MR" if name in MR_NAMES or "MRI" in name else None
 
 
 def scan_differences(
@@ -104,7 +118,9 @@ class ScanCheckd(MapTransform):
     """Warn about (or refuse) a scan unlike the ones the model was trained on; the data passes unchanged.
 
     Put it after ``Orientationd(axcodes="RAS")`` and before any resampling, so that spacing and shape are the
-    scan's own on RAS axes. A 2D plan compares the in-plane axes only (see :func:`scan_differences`).
+    scan's own on RAS axes. A DICOM scan's ``modality`` (see :class:`~unet_med.bundle.readers.SimpleITKReader`)
+    is compared with a one-channel model's channel name when that names a modality (:func:`trained_modality`). A
+    2D plan compares the in-plane axes only (see :func:`scan_differences`).
 
     Args:
         keys: the images.
@@ -117,6 +133,8 @@ class ScanCheckd(MapTransform):
         super().__init__(keys)
         self.ranges = plan.get("trained_on")
         self.axes = plan["spatial_dims"]
+        self.channel_names = list(plan.get("channel_names", []))
+        self.modality = trained_modality(self.channel_names)
         self.strict = as_bool(strict, "--strict_scans")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
@@ -127,6 +145,9 @@ class ScanCheckd(MapTransform):
             image = data[key]
             spacing = affine_to_spacing(np.asarray(image.affine, dtype=float), r=3)
             differences = scan_differences(spacing, image.shape[1:4], self.ranges, self.axes)
+            modality = image.meta.get("modality")
+            if self.modality and modality and modality != self.modality:
+                differences.insert(0, f"modality {modality} (trained on {self.channel_names[0]})")
             if not differences:
                 continue
             scan = image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, key)

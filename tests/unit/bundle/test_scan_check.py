@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from unet_med.bundle.plan import PlanSettings, plan_dataset
 from unet_med.bundle.plan_file import validate_plan
+from unet_med.bundle.readers import SimpleITKReader
 from unet_med.bundle.scan_check import ScanCheckd, refuse_unlike_scans, scan_differences, with_scan_check
 
 
@@ -21,7 +24,8 @@ def plan(tmp_path_factory, samples) -> dict:
 
 def loader(plan: dict, strict: bool | str = False) -> Compose:
     """What the inference config runs up to the check: load, channel first, RAS, the check."""
-    return Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+    return Compose([LoadImaged("image", reader=["NibabelReader", SimpleITKReader()], image_only=True),
+                    EnsureChannelFirstd("image"),
                     Orientationd("image", axcodes="RAS"), ScanCheckd("image", plan, strict)])
 
 
@@ -106,3 +110,20 @@ def test_evaluation_puts_the_check_right_after_the_reorientation(plan):
     assert checked[:3] == loading and isinstance(checked[3], ScanCheckd) and checked[3].strict
     with pytest.raises(ValueError, match="no Orientationd"):
         with_scan_check(loading[:2], plan, "false")
+
+
+def test_a_dicom_series_of_another_modality_is_named(plan, scan_formats, tmp_path, caplog):
+    ct = tmp_path / "ct_series"
+    shutil.copytree(scan_formats["dicom"], ct)
+    for file in ct.iterdir():
+        dataset = pydicom.dcmread(file)
+        dataset.Modality = "CT"
+        dataset.save_as(file)
+    assert plan["channel_names"] == ["MRI"]
+    with caplog.at_level(logging.WARNING, logger="unet_med.bundle.scan_check"):
+        loader(plan)({"image": str(scan_formats["dicom"])})  # MR, 0.9 x 1.1 x 1.3 mm: like the training scans
+        assert not caplog.records
+        loader(plan)({"image": str(ct)})
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{ct}: unlike the scans the model was trained on: modality CT (trained on MRI); its segmentation may be "
+        "wrong (--strict_scans true refuses such scans)."]
