@@ -124,16 +124,16 @@ def check_slice_spacing(folder: str | os.PathLike, files: Sequence[str]) -> None
     if not uneven.size:
         return
     first = int(uneven[0])
-    series = {Path(file).name for file in files}
-    left_out = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in series)
-    unread = f"; not read as slices of it: {', '.join(left_out[:5])}" + (" ..." if len(left_out) > 5 else "")
-    raise BundleError(
+    message = (
         f"{folder}: the DICOM series has a gap: slices {Path(files[first]).name} and {Path(files[first + 1]).name} "
         f"are {abs(steps[first]):.3g} mm apart, the others {abs(median):.3g} mm ({uneven.size} uneven step"
         f"{'s' if uneven.size > 1 else ''}); a slice is missing or does not read"
-        + (unread if left_out else "")
-        + "."
     )
+    series = {Path(file).name for file in files}
+    left_out = sorted(path.name for path in Path(folder).iterdir() if path.is_file() and path.name not in series)
+    if left_out:
+        message += f"; not read as slices of it: {', '.join(left_out[:5])}" + (" ..." if len(left_out) > 5 else "")
+    raise BundleError(message + ".")
 
 
 def is_scan(path: str | os.PathLike) -> bool:
