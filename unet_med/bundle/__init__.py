@@ -16,6 +16,8 @@
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.
 - :mod:`~unet_med.bundle.readers`: DICOM series folders, NRRD and MetaImage scans for MONAI, through SimpleITK.
 - :mod:`~unet_med.bundle.dicom_seg`: predictions as DICOM SEG objects that reference their source series.
+- :mod:`~unet_med.bundle.scan_check`: scans unlike the training scans (spacing, size, modality): a warning, or
+  a refusal with ``--strict_scans true``.
 - :mod:`~unet_med.bundle.transforms`: ``PlanNormalized``, the plan's per-channel normalisation; ``IsolatedSpacingd``,
   the inference configs' resampling, safe in MONAI Label.
 - :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.

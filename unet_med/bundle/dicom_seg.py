@@ -79,20 +79,48 @@ def _highdicom() -> Any:
     return highdicom
 
 
+SOP_UIDS = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+"""The SOP class and instance UIDs a SEG references, each with the file meta element that repeats it."""
+
+
+def _fill_sop_uids_from_file_meta(dataset: Dataset, series_dir: str | os.PathLike) -> None:
+    """Give a slice whose data set has a blank SOP class or instance UID the one its file meta holds.
+
+    Anonymisers often blank them in the data set and leave the file meta (``MediaStorageSOPClassUID``,
+    ``MediaStorageSOPInstanceUID``) as it was; highdicom looks the data set's up and fails on a blank one.
+
+    Raises:
+        BundleError: if both are blank or absent.
+    """
+    file_meta = getattr(dataset, "file_meta", None)
+    for name, meta_name in SOP_UIDS.items():
+        if str(dataset.get(name, "")).strip():
+            continue
+        value = str(file_meta.get(meta_name, "")).strip() if file_meta is not None else ""
+        if not value:
+            raise BundleError(
+                f"{series_dir}: slice {Path(dataset.filename).name} has no {name}, neither in its data set nor in "
+                f"its file meta ({meta_name}), which a DICOM SEG needs to reference it."
+            )
+        setattr(dataset, name, value)
+
+
 def read_series(series_dir: str | os.PathLike) -> list[Dataset]:
     """The headers (no pixel data) of the one DICOM series in a folder, sorted along the slice normal.
 
     The order is that of ``ImagePositionPatient`` projected on the normal of ``ImageOrientationPatient`` (the
-    order in which SimpleITK stacks the slices), whatever the file names.
+    order in which SimpleITK stacks the slices), whatever the file names. A blank ``SOPClassUID`` or
+    ``SOPInstanceUID``, as anonymised series often have, is taken from the file meta.
 
     Raises:
         BundleError: if the folder holds no DICOM series or several, or a slice has no position, orientation or
-            frame of reference (a SEG cannot be placed without them).
+            frame of reference (a SEG cannot be placed without them), or no SOP class or instance UID.
     """
     import pydicom
 
     datasets = [pydicom.dcmread(file, stop_before_pixels=True) for file in dicom_series_files(series_dir)]
     for dataset in datasets:
+        _fill_sop_uids_from_file_meta(dataset, series_dir)
         missing = [
             name
             for name in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "FrameOfReferenceUID")

@@ -53,6 +53,7 @@ from unet_med.bundle.dataset_check import DatasetError, check_dataset
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import Fingerprint, channel_names, compute_fingerprint
 from unet_med.bundle.plan_file import PLAN_VERSION, round_floats, write_plan
+from unet_med.bundle.scan_check import FACTOR, trained_on
 
 __all__ = ["PlanSettings", "decision_table", "main", "make_plan", "network_topology", "plan_dataset", "target_spacing"]
 
@@ -442,6 +443,13 @@ def make_plan(
         config_reason += (f"; the patch covers {image_fraction:.0%} of the median image: nnU-Net would add a "
                           "low-resolution cascade, which unet-med does not plan")
     decisions.set("configurations", configs, config_reason)
+
+    ranges = trained_on(fingerprint.spacings(), fingerprint.shapes())
+    for name, what in (("spacing", "voxel spacing"), ("size", "size (shape x spacing)")):
+        decisions.set(f"trained_on.{name}", ranges[name],
+                      f"the smallest and the largest {what} per RAS axis of the {cases} cases (mm)")
+    decisions.reasons["trained_on"] = (f"the scans planned from: inference warns about a scan more than {FACTOR:g}x "
+                                       "outside a range on an axis (--strict_scans true refuses it)")
     return decisions.plan, decisions.reasons
 
 

@@ -256,6 +256,17 @@ def validate_plan(plan: Mapping[str, Any], source: str | os.PathLike) -> None:
     if not isinstance(cache, Mapping) or cache.get("policy") not in CACHE_POLICIES:
         fail("cache.policy", cache.get("policy") if isinstance(cache, Mapping) else cache,
              f"must be one of {', '.join(CACHE_POLICIES)}")
+    if "trained_on" in plan:
+        _validate_trained_on(plan["trained_on"], fail)
+
+
+def _validate_trained_on(ranges: Any, fail: Any) -> None:
+    """Check the ranges of the scans planned from: ``[[min per axis], [max per axis]]`` mm each."""
+    for name in ("spacing", "size"):
+        bounds = ranges.get(name) if isinstance(ranges, Mapping) else None
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(_positive_numbers(b, 3) for b in bounds)
+                and all(low <= high for low, high in zip(*bounds))):
+            fail(f"trained_on.{name}", bounds, "must be [[3 smallest], [3 largest]] positive values in mm")
 
 
 def _validate_normalization(normalization: Any, channels: int, fail: Any) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom
@@ -8,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
 
 import unet_med
@@ -133,6 +135,58 @@ def test_dicom_seg_inputs_must_be_series_with_a_frame_of_reference(series, scan_
         dataset.save_as(unplaced / file.name)
     with pytest.raises(ValueError, match=f"{unplaced}: slice im\\d+.dcm has no FrameOfReferenceUID"):
         check_dicom_seg_inputs([{"image": str(unplaced)}], "true")
+
+
+def anonymised_jpeg2000_copy(series: Path, folder: Path, blank: Sequence[str]) -> Path:
+    """The series recompressed to JPEG 2000 with the data set's ``blank`` elements emptied and its file meta kept,
+    as public anonymised series come."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG2000")
+    for file in series.iterdir():
+        writer.SetFileName(str(folder / file.name))
+        writer.Execute(sitk.ReadImage(str(file)))
+    for file in folder.iterdir():
+        dataset = pydicom.dcmread(file)
+        for name in blank:
+            setattr(dataset, name, "")
+        dataset.save_as(file)
+    return folder
+
+
+def test_an_anonymised_series_with_blank_sop_uids_takes_them_from_the_file_meta(series, series_grid, tmp_path):
+    anonymised = anonymised_jpeg2000_copy(series, tmp_path / "anonymised", ["SOPClassUID", "SOPInstanceUID"])
+    source = pydicom.dcmread(next(anonymised.iterdir()))
+    assert source.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless and source.SOPClassUID == ""
+    labels = random_labels(series_grid[0])
+    out = write_dicom_seg(labels, anonymised, tmp_path / "case_seg.dcm", CLASSES)
+
+    referenced = pydicom.dcmread(out).ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    by_file = {pydicom.dcmread(file).file_meta.MediaStorageSOPInstanceUID: file for file in anonymised.iterdir()}
+    assert sorted(item.ReferencedSOPInstanceUID for item in referenced) == sorted(by_file)
+    assert {item.ReferencedSOPClassUID for item in referenced} == {source.file_meta.MediaStorageSOPClassUID}
+    frames = highdicom.seg.segread(out)
+    reference_frames = seg_labels_by_slice(write_dicom_seg(labels, series, tmp_path / "plain_seg.dcm", CLASSES), series)
+    image = read_scan(anonymised)
+    for uid, file in by_file.items():
+        k = image.TransformPhysicalPointToIndex([float(v) for v in pydicom.dcmread(file).ImagePositionPatient])[2]
+        frame = frames.get_pixels_by_source_instance([uid], combine_segments=True)[0]
+        np.testing.assert_array_equal(frame, reference_frames[k], err_msg=f"slice {k}")
+
+
+def test_a_slice_without_any_sop_class_uid_is_refused(series, tmp_path):
+    anonymised = tmp_path / "anonymised"
+    anonymised.mkdir()
+    for file in series.iterdir():
+        dataset = pydicom.dcmread(file)
+        dataset.SOPClassUID = ""
+        del dataset.file_meta.MediaStorageSOPClassUID
+        dataset.save_as(anonymised / file.name, enforce_file_format=False)
+    with pytest.raises(ValueError, match=r"anonymised: slice im\d+\.dcm has no SOPClassUID, neither in its data set "
+                       r"nor in its file meta \(MediaStorageSOPClassUID\)"):
+        check_dicom_seg_inputs([{"image": str(anonymised)}], "true")
 
 
 def test_save_dicom_segd_writes_beside_the_nifti_what_the_nifti_holds(series, tmp_path):

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from unet_med.bundle.readers import SimpleITKReader, dicom_series_files, is_scan
+from unet_med.bundle.readers import SimpleITKReader, dicom_series_files, is_scan, read_scan
 
 
 def load(path) -> torch.Tensor:
@@ -48,3 +52,48 @@ def test_several_series_in_one_folder_are_named(scan_formats, tmp_path):
         dicom_series_files(folder)
     with pytest.raises(ValueError, match="no DICOM series"):
         dicom_series_files(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+def test_a_series_with_a_broken_slice_is_refused_naming_the_folder_and_the_gap(scan_formats, tmp_path, damage):
+    folder = tmp_path / "series"
+    shutil.copytree(scan_formats["dicom"], folder)
+    broken = folder / "slice_010.dcm"
+    if damage == "missing":
+        broken.unlink()
+    elif damage == "truncated":
+        broken.write_bytes(broken.read_bytes()[:-500])
+    else:
+        broken.write_bytes(np.random.default_rng(0).bytes(3000))
+    left_out = "" if damage == "missing" else "; not read as slices of it: slice_010.dcm"
+    message = (f"{folder}: the DICOM series has a gap: slices slice_009.dcm and slice_011.dcm are 2.6 mm apart, "
+               f"the others 1.3 mm (1 uneven step); a slice is missing or does not read{left_out}.")
+    with pytest.raises(ValueError) as raised:
+        read_scan(folder)
+    assert str(raised.value) == message
+    assert len(dicom_series_files(scan_formats["dicom"])) == 35  # the whole series reads
+
+
+def test_two_slices_at_one_position_are_refused(scan_formats, tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(scan_formats["dicom"], folder)
+    image = sitk.ReadImage(str(folder / "slice_020.dcm"))
+    image.SetMetaData("0020|0032", sitk.ReadImage(str(folder / "slice_019.dcm")).GetMetaData("0020|0032"))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "slice_020.dcm"))
+    writer.Execute(image)
+    with pytest.raises(ValueError, match=r"series: the DICOM series has a gap: .* are 0 mm apart, the others 1\.3 mm"):
+        dicom_series_files(folder)
+
+
+def test_loading_a_series_prints_no_nvimagecodec_notice(scan_formats, child_env):
+    series = str(scan_formats["dicom"])
+    script = (
+        "from monai.transforms import LoadImaged\n"
+        "from unet_med.bundle.readers import SimpleITKReader\n"
+        f"LoadImaged('image', reader=['NibabelReader', SimpleITKReader()])({{'image': {series!r}}})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True, check=True)
+    assert "nvImageCodec" not in result.stderr + result.stdout
+    assert result.stderr == ""
