@@ -46,7 +46,10 @@ def predictions(request, tmp_path_factory, bundle_dirs, bundle_cli, scan_formats
     for form, name in INPUTS.items():
         copy = shutil.copytree if form == "dicom" else shutil.copyfile
         copy(scan_formats[form], scans / name)
-    bundle_cli(bundle, "configs/inference.yaml", out, "pred", "--datalist", str(scans))
+    # float32 windows: the formats store the voxels in other orders, and on a CPU with bfloat16 units `amp auto`
+    # rounds the seeded network's near-tied logits differently per memory layout (0.2% of the labels); this test
+    # is about the grid, not the precision.
+    bundle_cli(bundle, "configs/inference.yaml", out, "pred", "--datalist", str(scans), "--amp", "false")
     stems = {form: name.split(".")[0] for form, name in INPUTS.items()}
     assert sorted(path.name for path in (out / "pred").iterdir()) == sorted(f"{s}_seg.nii.gz" for s in stems.values())
     return {form: nib.load(out / "pred" / f"{stem}_seg.nii.gz") for form, stem in stems.items()}
