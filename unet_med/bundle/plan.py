@@ -48,13 +48,14 @@ from typing import Any
 import numpy as np
 
 from unet_med.bundle import cost
-from unet_med.bundle.datalists import decathlon_datalist
+from unet_med.bundle.datalists import check_output_dir, decathlon_datalist
 from unet_med.bundle.dataset_check import DatasetError, check_dataset
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import Fingerprint, channel_names, compute_fingerprint
 from unet_med.bundle.plan_file import PLAN_VERSION, round_floats, write_plan
 
-__all__ = ["PlanSettings", "decision_table", "main", "make_plan", "network_topology", "plan_dataset", "target_spacing"]
+__all__ = ["PlanSettings", "check_plan_output", "decision_table", "main", "make_plan", "network_topology",
+           "plan_dataset", "target_spacing"]
 
 ANISOTROPY_RATIO = 3.0
 POOL_SPACING_RATIO = 2.0
@@ -442,7 +443,23 @@ def make_plan(
         config_reason += (f"; the patch covers {image_fraction:.0%} of the median image: nnU-Net would add a "
                           "low-resolution cascade, which unet-med does not plan")
     decisions.set("configurations", configs, config_reason)
+    _record_fingerprint(decisions, fingerprint)
     return decisions.plan, decisions.reasons
+
+
+def _record_fingerprint(decisions: _Decisions, fingerprint: Fingerprint) -> None:
+    """Record what the plan was made from, for training to compare a data set with (:mod:`.plan_data`)."""
+    decisions.set("fingerprint.median_spacing", [float(s) for s in fingerprint.median_spacing()],
+                  "median spacing of the cases planned from (mm)")
+    decisions.plan["fingerprint"]["intensity"] = [
+        round_floats({key: stats[key] for key in ("percentile_00_5", "median", "percentile_99_5")})
+        for stats in fingerprint.intensity
+    ]
+    for index, name in enumerate(fingerprint.channel_names):
+        decisions.reasons[f"fingerprint.intensity.{index}"] = f"{name}: foreground intensity percentiles"
+    decisions.reasons["fingerprint.intensity"] = "one entry per channel"
+    decisions.reasons["fingerprint"] = ("the data planned from: training refuses a data set whose spacing, channels "
+                                        "or CT intensities differ")
 
 
 def _first_image_channels(datalist: Sequence[dict[str, str]]) -> int:
@@ -493,6 +510,32 @@ def plan_dataset(
     return plan, reasons
 
 
+def check_plan_output(output: str | os.PathLike) -> None:
+    """Refuse a planner ``--output`` that cannot be written, or that belongs to a trained model.
+
+    A plan beside a ``model.pt`` is that model's plan: evaluation, inference and ``--resume`` read it and refuse
+    a plan the model was not trained with, so a new plan goes elsewhere (the bundles' training, not the
+    planner, replaces a model and its plan together, with ``--overwrite true``).
+
+    Raises:
+        BundleError: one line naming ``--output`` and the problem, before anything is read.
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise BundleError(f"--output {output} is a folder: name the plan file, e.g. {output / 'plan.yaml'}")
+    try:
+        check_output_dir(output.parent)
+    except BundleError as err:
+        raise BundleError(f"--output {output}: {err}") from None
+    model = output.parent / "model.pt"
+    if model.is_file():
+        raise BundleError(
+            f"--output {output}: {model} is a trained model and this is its plan (evaluation, inference and --resume "
+            f"read it; model.pt keeps a copy of the plan it was trained with): plan into another folder, e.g. "
+            f"--output {output.parent.parent / 'new_plan' / output.name}"
+        )
+
+
 def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int = 150) -> str:
     """The plan's main decisions as a text table: key, value, reason (cut to ``width`` characters)."""
     keys = ["pixdim", "normalization", "patch_size", "network.features", "network.strides", "network.kernel_size",
@@ -537,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        check_plan_output(args.output)
         settings = PlanSettings(device=device, spatial_dims=args.dims, memory_budget_gb=args.memory_budget,
                                 measure=args.measure)
         plan, reasons = plan_dataset(args.dataset_dir, args.output, settings, args.workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -184,3 +185,34 @@ def test_cli_runs_the_data_check_first(samples, tmp_path, capsys):
     assert main([str(folder), "--output", str(tmp_path / "plan.yaml")]) == 1
     assert "missing image" in capsys.readouterr().err
     assert not (tmp_path / "plan.yaml").exists()
+
+
+def test_cli_never_overwrites_the_plan_of_a_trained_model(samples, planned_models, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(planned_models["3d"], models)
+    before = (models / "plan.yaml").read_bytes()
+    assert main([str(samples), "--output", str(models / "plan.yaml"), "--device", "cuda", "--workers", "1"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"unet-med: --output {models / 'plan.yaml'}: {models / 'model.pt'} is a trained model and this is its plan "
+        "(evaluation, inference and --resume read it; model.pt keeps a copy of the plan it was trained with): plan "
+        f"into another folder, e.g. --output {tmp_path / 'new_plan' / 'plan.yaml'}"
+    ]
+    assert (models / "plan.yaml").read_bytes() == before
+    # Without its plan file the folder still belongs to the model: no plan it was not trained with is put there.
+    (models / "plan.yaml").unlink()
+    assert main([str(samples), "--output", str(models / "plan.yaml")]) == 1
+    assert not (models / "plan.yaml").exists()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_cli_refuses_an_output_it_cannot_write_in_one_line(where, samples, tmp_path, capsys):
+    (tmp_path / "some_file.txt").write_text("not a folder")
+    output = tmp_path / "some_file.txt" / "plan.yaml" if where == "under_a_file" else tmp_path
+    assert main([str(samples), "--output", str(output), "--workers", "1"]) == 1
+    expected = {
+        "under_a_file": f"unet-med: --output {output}: output folder {output.parent} cannot be created: "
+                        f"{output.parent} is a file.",
+        "a_folder": f"unet-med: --output {output} is a folder: name the plan file, e.g. {output / 'plan.yaml'}",
+    }
+    assert capsys.readouterr().err.splitlines() == [expected[where]]
+    assert (tmp_path / "some_file.txt").read_text() == "not a folder"
