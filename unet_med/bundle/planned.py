@@ -25,13 +25,14 @@ import torch
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Identityd, MapTransform, SqueezeDimd
 
 from unet_med.bundle.datalists import label_names
 from unet_med.bundle.dataset_check import check_dataset
 from unet_med.bundle.errors import BundleError
-from unet_med.bundle.fingerprint import channel_names
+from unet_med.bundle.fingerprint import channel_names, file_stamp
 from unet_med.bundle.io import load_checkpoint
 from unet_med.bundle.plan_file import apply_overrides, load_plan, read_plan_text, validate_plan, write_plan
 
@@ -45,6 +46,7 @@ __all__ = [
     "crop_size",
     "differences",
     "first_difference",
+    "stamped_hash",
     "to_network_dims",
     "trained_plan",
     "training_plan",
@@ -333,6 +335,17 @@ def preprocessing_key(plan: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def stamped_hash(item: Mapping[str, Any]) -> bytes:
+    """The disk cache's key of a data item: MONAI's hash of the item and of its files' size and modification time.
+
+    MONAI's default key is the item alone (its paths), so a label edited in place kept its stale cached copy;
+    with the files' stamps (:func:`unet_med.bundle.fingerprint.file_stamp`, as the fingerprint's cache is keyed)
+    an edited or replaced file is prepared again.
+    """
+    stamps = [file_stamp(value) for value in item.values() if isinstance(value, str) and os.path.isfile(value)]
+    return pickle_hashing({"item": dict(item), "files": stamps})
+
+
 def cached_dataset(
     data: Sequence[Mapping[str, Any]],
     transform: Any,
@@ -344,8 +357,10 @@ def cached_dataset(
     """The plan's cache: ``ram``: a ``CacheDataset``; ``disk``: a ``PersistentDataset`` (MONAI's).
 
     On disk the deterministic steps are kept in ``cache_dir/<hash of the plan's preprocessing>/``: a new plan
-    gets a new folder instead of reading cases prepared another way.
+    gets a new folder instead of reading cases prepared another way; each case's file is named by
+    :func:`stamped_hash`, so an edited image or label is prepared again.
     """
     if plan["cache"]["policy"] == "ram":
         return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
-    return PersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / preprocessing_key(plan))
+    return PersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / preprocessing_key(plan),
+                             hash_func=stamped_hash)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, PersistentDataset
+from monai.transforms import LoadImaged
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import CheckpointError
@@ -204,3 +206,18 @@ def test_the_cache_follows_the_plan(planned_models, tmp_path):
     assert isinstance(dataset, PersistentDataset) and dataset.cache_dir.parent == tmp_path
     other = cached_dataset([], None, {**on_disk, "pixdim": [2.0, 2.0, 2.0]}, tmp_path)
     assert other.cache_dir != dataset.cache_dir  # another preprocessing, another folder
+
+
+def test_the_disk_cache_prepares_a_label_edited_in_place_again(planned_models, write_decathlon, tmp_path):
+    plan = {**load_plan(planned_models["3d"] / "plan.yaml"), "cache": {"policy": "disk"}}
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[2:4], label[5:7] = 1, 2
+    folder = write_decathlon([(np.ones((8, 8, 8), np.float32), label)], [(1.0, 1.0, 1.0)],
+                             labels=("background", "left", "right"))
+    case = {key: str(folder / f"{key}sTr" / "case_000.nii.gz") for key in ("image", "label")}
+    loading = LoadImaged(keys=["image", "label"], reader="NibabelReader", image_only=True)
+    first = cached_dataset([case], loading, plan, tmp_path / "cache")[0]["label"]
+    swapped = np.where(label == 1, 2, np.where(label == 2, 1, 0)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(swapped, np.eye(4)), case["label"])  # in place, as an editor saves it
+    again = cached_dataset([case], loading, plan, tmp_path / "cache")[0]["label"]
+    assert np.array_equal(np.asarray(first), label) and np.array_equal(np.asarray(again), swapped)
