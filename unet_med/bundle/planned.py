@@ -32,8 +32,9 @@ from monai.transforms import Identityd, MapTransform, SqueezeDimd
 from unet_med.bundle.datalists import label_names
 from unet_med.bundle.dataset_check import check_dataset
 from unet_med.bundle.errors import BundleError
-from unet_med.bundle.fingerprint import channel_names, file_stamp
+from unet_med.bundle.fingerprint import channel_names, compute_fingerprint, file_stamp
 from unet_med.bundle.io import load_checkpoint
+from unet_med.bundle.plan_data import check_plan_fits_data
 from unet_med.bundle.plan_file import apply_overrides, load_plan, read_plan_text, validate_plan, write_plan
 
 __all__ = [
@@ -122,18 +123,19 @@ def training_plan(
 def check_dataset_against_plan(
     dataset_dir: str | os.PathLike, plan: Mapping[str, Any], plan_file: str | os.PathLike
 ) -> list[dict[str, str]]:
-    """The data check of training, for the plan's channels and classes.
+    """The data check of training, for the plan's channels and classes, and the data compared with the plan's.
 
     ``dataset.json``'s channel names and labels must match the plan's ``in_channels`` and ``num_classes`` (a
     plan made for another data set), then every case is checked
-    (:func:`unet_med.bundle.dataset_check.check_dataset`).
+    (:func:`unet_med.bundle.dataset_check.check_dataset`), and the cases' fingerprint (cached beside the plan
+    file) must match the one the plan was made from (:func:`unet_med.bundle.plan_data.check_plan_fits_data`).
 
     Returns:
         The checked training cases.
 
     Raises:
-        BundleError: one line naming the plan file and the key that does not fit the data set, or the data
-            check's error.
+        BundleError: one line naming the plan file and the key that does not fit the data set, the data
+            check's error, or the first way the data differ from the plan's.
     """
     path = Path(plan_file)
     names = channel_names(dataset_dir)
@@ -144,7 +146,10 @@ def check_dataset_against_plan(
     if classes != plan["num_classes"]:
         raise BundleError(f"{path}: num_classes = {plan['num_classes']}: {dataset_dir} has {classes} labels, "
                           "background included; " + _replan_hint(path, plan["spatial_dims"]))
-    return check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
+    cases = check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
+    fingerprint = compute_fingerprint(dataset_dir, path.with_name("fingerprint.json"), datalist=cases)
+    check_plan_fits_data(plan, path, fingerprint, dataset_dir)
+    return cases
 
 
 def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
