@@ -33,7 +33,7 @@ from unet_med.bundle.datalists import label_names
 from unet_med.bundle.dataset_check import check_dataset
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import channel_names, compute_fingerprint, file_stamp
-from unet_med.bundle.io import load_checkpoint
+from unet_med.bundle.io import load_checkpoint, move_aside
 from unet_med.bundle.plan_data import check_plan_fits_data
 from unet_med.bundle.plan_file import apply_overrides, load_plan, read_plan_text, validate_plan, write_plan
 
@@ -269,32 +269,73 @@ class PlanRecord:
 
 
 class PlanWriter:
-    """Trainer handler: writes the effective plan (the file with the command line's overrides) when training starts.
+    """Trainer handler: writes the effective plan (the file with the command line's overrides), in step with the model.
 
     Attached after :class:`~unet_med.bundle.handlers.BestModelGuard`, so that a training it refuses changes no
     file; evaluation and inference then read exactly training's values. Values set on the command line get the
     reason ``"set on the command line"``; the other values keep the file's reasons. Written on rank 0 only.
 
+    ``plan.yaml`` and ``model.pt`` stay in step: when the trainer starts beside a ``model_path`` trained with
+    another plan (in a key of ``MODEL_KEYS``: a fine-tune with another patch, say), the file keeps that model's
+    plan until this run saves a better model (checked when each epoch starts and when training ends); if no epoch
+    beats the model, the file is left as it was. A file replaced by a plan that differs in such a key is kept in
+    ``previous/<time>/`` beside it.
+
     Args:
         plan: the effective plan.
         plan_file: ``models/plan.yaml``.
+        model_path: ``models/model.pt``; ``None`` writes when the trainer starts whatever model is there.
     """
 
-    def __init__(self, plan: Mapping[str, Any], plan_file: str | os.PathLike) -> None:
+    def __init__(
+        self, plan: Mapping[str, Any], plan_file: str | os.PathLike, model_path: str | os.PathLike | None = None
+    ) -> None:
         self.plan = dict(plan)
         self.plan_file = Path(plan_file)
+        self.model_path = None if model_path is None else Path(model_path)
+        self._waiting_for: tuple[int, int, int] | None = None  # the stamp of the model whose plan the file keeps
 
     def attach(self, engine: Engine) -> None:
-        """Write when ``engine`` starts."""
+        """Write when ``engine`` starts, or once it has saved a model trained with this plan."""
         engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._write_once_the_model_is_saved)
+        engine.add_event_handler(Events.COMPLETED, self._write_once_the_model_is_saved)
+
+    def _model_stamp(self) -> tuple[int, int, int] | None:
+        if self.model_path is None or not self.model_path.is_file():
+            return None
+        stat = self.model_path.stat()
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def _model_has_another_plan(self) -> bool:
+        saved = load_checkpoint(self.model_path, map_location="cpu")
+        recorded = saved.get("plan") if isinstance(saved, Mapping) else None
+        return not isinstance(recorded, Mapping) or _model_difference(recorded, self.plan) is not None
 
     def __call__(self, engine: Engine) -> None:
-        """Write the plan if it differs from the file."""
+        """Write the plan if it differs from the file, unless the file belongs to a model of another plan."""
         if idist.get_rank() != 0:
             return
+        stamp = self._model_stamp()
+        if stamp is not None and self._model_has_another_plan():
+            self._waiting_for = stamp
+            engine.logger.info(f"{self.plan_file} keeps the plan of {self.model_path} until this run saves a "
+                               "better model")
+            return
+        self._write(engine)
+
+    def _write_once_the_model_is_saved(self, engine: Engine) -> None:
+        if self._waiting_for is not None and idist.get_rank() == 0 and self._model_stamp() != self._waiting_for:
+            self._waiting_for = None
+            self._write(engine)
+
+    def _write(self, engine: Engine) -> None:
         on_disk, reasons, header = read_plan_text(self.plan_file)
         if on_disk == self.plan:
             return
+        if _model_difference(on_disk, self.plan) is not None:
+            kept = move_aside([self.plan_file], copy=True)[0]
+            engine.logger.info(f"Kept the earlier plan: {kept}")
         for key in differences(on_disk, self.plan):
             reasons[key] = f"{OVERRIDE_REASON} (the file had {json.dumps(_lookup(on_disk, key))})"
         write_plan(self.plan_file, self.plan, reasons, header)
