@@ -1,13 +1,15 @@
 """The plan and what it belongs to, through the 3D bundle's command line: its data and its model.
 
 One training of one epoch on data_samples/; then a data set whose spacing is 3x the planned one is refused in one
-line, and a fine-tune with another patch that never beats the kept model leaves plan.yaml and model.pt in step.
+line, a fine-tune with another patch that never beats the kept model leaves plan.yaml and model.pt in step, and
+the disk cache prepares labels edited in place again.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -82,3 +84,21 @@ def test_a_fine_tune_that_never_beats_the_model_keeps_plan_and_model_in_step(tra
     assert trained_plan(models / "plan.yaml", models / "model.pt", 3)["patch_size"] == [32, 48, 32]
     configs = "['configs/train.yaml','configs/evaluate.yaml']"
     bundle_cli(bundle_dirs["3d"], configs, out, "eval", "--num_val", "1")  # evaluation accepts the pair
+
+
+def test_the_disk_cache_follows_a_label_edited_in_place(trained, samples, tmp_path, bundle_dirs, bundle_cli):
+    out, data = tmp_path / "out", Path(shutil.copytree(samples, tmp_path / "data"))
+    shutil.copytree(trained, out)
+    plan_file = out / "models" / "plan.yaml"
+    plan_file.write_text(plan_file.read_text().replace('policy: "ram"', 'policy: "disk"'))
+    train = [*SHORT, "--dataset_dir", str(data), "--overwrite", "true"]
+    bundle_cli(bundle_dirs["3d"], "configs/train.yaml", out, "runs", *train)
+    cached = set((out / "models" / "cache").rglob("*.pt"))
+    assert len(cached) == 3  # two training cases, one validation case
+    for path in (data / "labelsTr").glob("*.nii.gz"):  # swap the anterior and posterior labels, in place
+        label = nib.load(path)
+        values = np.asarray(label.dataobj)
+        swapped = np.where(values == 1, 2, np.where(values == 2, 1, values)).astype(values.dtype)
+        nib.save(nib.Nifti1Image(swapped, label.affine, label.header), path)
+    bundle_cli(bundle_dirs["3d"], "configs/train.yaml", out, "runs", *train)
+    assert len(set((out / "models" / "cache").rglob("*.pt")) - cached) == 3  # every case prepared again
