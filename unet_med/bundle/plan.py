@@ -510,12 +510,13 @@ def plan_dataset(
     return plan, reasons
 
 
-def check_plan_output(output: str | os.PathLike) -> None:
-    """Refuse a planner ``--output`` that cannot be written, or that belongs to a trained model.
+def check_plan_output(output: str | os.PathLike, from_model: str | os.PathLike | None = None) -> None:
+    """Refuse a planner ``--output`` that cannot be written, or that belongs to another trained model.
 
     A plan beside a ``model.pt`` is that model's plan: evaluation, inference and ``--resume`` read it and refuse
     a plan the model was not trained with, so a new plan goes elsewhere (the bundles' training, not the
-    planner, replaces a model and its plan together, with ``--overwrite true``).
+    planner, replaces a model and its plan together, with ``--overwrite true``). Only that model's own plan
+    (``--from_model`` naming it) may be written there.
 
     Raises:
         BundleError: one line naming ``--output`` and the problem, before anything is read.
@@ -528,11 +529,11 @@ def check_plan_output(output: str | os.PathLike) -> None:
     except BundleError as err:
         raise BundleError(f"--output {output}: {err}") from None
     model = output.parent / "model.pt"
-    if model.is_file():
+    if model.is_file() and not (from_model is not None and Path(from_model).resolve() == model.resolve()):
         raise BundleError(
             f"--output {output}: {model} is a trained model and this is its plan (evaluation, inference and --resume "
-            f"read it; model.pt keeps a copy of the plan it was trained with): plan into another folder, e.g. "
-            f"--output {output.parent.parent / 'new_plan' / output.name}"
+            f"read it): plan into another folder, e.g. --output {output.parent.parent / 'new_plan' / output.name}; "
+            f"model.pt keeps the plan it was trained with, and --from_model {model} --output {output} writes it back"
         )
 
 
@@ -564,7 +565,9 @@ def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int = 1
 def main(argv: Sequence[str] | None = None) -> int:
     """Plan from the command line; print the decisions; return 0, or 1 with the problem on stderr."""
     parser = argparse.ArgumentParser(prog="python -m unet_med.bundle.plan", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset_dir", help="Decathlon folder: dataset.json, imagesTr/, labelsTr/")
+    parser.add_argument("dataset_dir", nargs="?", help="Decathlon folder: dataset.json, imagesTr/, labelsTr/")
+    parser.add_argument("--from_model", default=None,
+                        help="instead of planning, write the plan this trained model.pt records to --output")
     parser.add_argument("--output", default="models/plan.yaml", help="plan file to write (default models/plan.yaml)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="device to plan for (default: cuda if this machine has one)")
@@ -579,8 +582,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if (args.dataset_dir is None) == (args.from_model is None):
+        print("unet-med: give DATASET_DIR to plan from a data set, or --from_model MODEL to write back the plan a "
+              "trained model records", file=sys.stderr)
+        return 1
     try:
-        check_plan_output(args.output)
+        check_plan_output(args.output, args.from_model)
+        if args.from_model is not None:
+            from unet_med.bundle.planned import restore_plan
+
+            restore_plan(args.from_model, args.output)
+            print(f"the plan {args.from_model} was trained with written to {args.output}")
+            return 0
         settings = PlanSettings(device=device, spatial_dims=args.dims, memory_budget_gb=args.memory_budget,
                                 measure=args.measure)
         plan, reasons = plan_dataset(args.dataset_dir, args.output, settings, args.workers)

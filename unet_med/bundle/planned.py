@@ -47,6 +47,8 @@ __all__ = [
     "crop_size",
     "differences",
     "first_difference",
+    "recorded_plan",
+    "restore_plan",
     "stamped_hash",
     "to_network_dims",
     "trained_plan",
@@ -189,10 +191,50 @@ def _lookup(plan: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def _mismatch(model_file: Path, recorded: Mapping[str, Any], plan: Mapping[str, Any], source: str, key: str) -> str:
+def _write_back_hint(model_file: Path, plan_file: Path) -> str:
+    return f"python -m unet_med.bundle.plan --from_model {model_file} --output {plan_file} writes it back"
+
+
+def _mismatch(
+    model_file: Path, recorded: Mapping[str, Any], plan: Mapping[str, Any], source: str, key: str, plan_file: Path
+) -> str:
     return (f"{model_file}: trained with another plan than {source}: {key} = "
             f"{json.dumps(_lookup(recorded, key))} in the model, {json.dumps(_lookup(plan, key))} in the plan; "
-            f"use the plan.yaml written beside this model by its training, or train again")
+            f"use the plan this model was trained with ({_write_back_hint(model_file, plan_file)}), or train again")
+
+
+def recorded_plan(model_file: str | os.PathLike) -> dict[str, Any]:
+    """The plan a ``model.pt`` saved by the bundles' training records beside its weights.
+
+    Raises:
+        BundleError: one line: a missing or refused file, or a model that records no plan.
+    """
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        raise BundleError(f"{model_file}: records no plan (saved before plans, or not by the bundles' training): "
+                          "train it again, or save it as {'model': state_dict, 'plan': the plan it was trained with}")
+    return dict(recorded)
+
+
+def restore_plan(model_file: str | os.PathLike, plan_file: str | os.PathLike) -> Path:
+    """Write the plan ``model_file`` was trained with to ``plan_file``: the way back to a lost or replaced plan file.
+
+    The values are the model's; their reasons stayed in the file its training wrote, so the header says where
+    the values come from. A file already at ``plan_file`` is kept in ``previous/<time>/`` beside it.
+
+    Returns:
+        ``plan_file``.
+
+    Raises:
+        BundleError: one line: no model, a model that records no plan, or a recorded plan the bundles cannot run.
+    """
+    plan, path = recorded_plan(model_file), Path(plan_file)
+    if path.is_file():
+        move_aside([path], copy=True)
+    header = (f"Written by python -m unet_med.bundle.plan --from_model: the plan {model_file} was trained with.\n"
+              "The reasons of its values are in the plan file its training wrote.")
+    return write_plan(path, plan, {}, header)
 
 
 def trained_plan(
@@ -217,20 +259,16 @@ def trained_plan(
             or a plan (with the overrides) that differs from the model's in a key of ``MODEL_KEYS``.
     """
     path, model_file = Path(plan_file), Path(model_file)
-    checkpoint = load_checkpoint(model_file, map_location="cpu")
-    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(recorded, Mapping):
-        raise BundleError(f"{model_file}: records no plan (saved before plans, or not by the bundles' training): "
-                          "train it again, or save it as {'model': state_dict, 'plan': the plan it was trained with}")
+    recorded = recorded_plan(model_file)
     if not path.is_file():
         raise BundleError(f"{path}: no plan file: evaluation and inference read the plan that training wrote beside "
-                          f"{model_file.name}; copy it there with the model")
+                          f"{model_file.name}; copy it there with the model, or {_write_back_hint(model_file, path)}")
     plan = load_plan(path)
     _check_dims(plan, path, spatial_dims)
     plan, source = _with_overrides(plan, path, overrides)
     differs = _model_difference(recorded, plan)
     if differs:
-        raise BundleError(_mismatch(model_file, recorded, plan, source, differs))
+        raise BundleError(_mismatch(model_file, recorded, plan, source, differs, path))
     return plan
 
 
