@@ -52,7 +52,7 @@ from unet_med.bundle.datalists import check_output_dir, decathlon_datalist
 from unet_med.bundle.dataset_check import DatasetError, check_dataset
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import Fingerprint, channel_names, compute_fingerprint
-from unet_med.bundle.plan_file import PLAN_VERSION, round_floats, write_plan
+from unet_med.bundle.plan_file import FINGERPRINT_PERCENTILES, PLAN_VERSION, round_floats, write_plan
 
 __all__ = ["PlanSettings", "check_plan_output", "decision_table", "main", "make_plan", "network_topology",
            "plan_dataset", "target_spacing"]
@@ -452,7 +452,7 @@ def _record_fingerprint(decisions: _Decisions, fingerprint: Fingerprint) -> None
     decisions.set("fingerprint.median_spacing", [float(s) for s in fingerprint.median_spacing()],
                   "median spacing of the cases planned from (mm)")
     decisions.plan["fingerprint"]["intensity"] = [
-        round_floats({key: stats[key] for key in ("percentile_00_5", "median", "percentile_99_5")})
+        round_floats({key: stats[key] for key in FINGERPRINT_PERCENTILES})
         for stats in fingerprint.intensity
     ]
     for index, name in enumerate(fingerprint.channel_names):

@@ -34,6 +34,7 @@ from typing import Any
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import Fingerprint
+from unet_med.bundle.plan_file import FINGERPRINT_PERCENTILES
 
 __all__ = ["INTENSITY_RANGE_FACTOR", "INTENSITY_SHIFT", "SPACING_TOLERANCE", "check_plan_fits_data",
            "data_difference"]
@@ -41,7 +42,6 @@ __all__ = ["INTENSITY_RANGE_FACTOR", "INTENSITY_SHIFT", "SPACING_TOLERANCE", "ch
 SPACING_TOLERANCE = 0.05
 INTENSITY_RANGE_FACTOR = 2.0
 INTENSITY_SHIFT = 0.5
-PERCENTILES = ("percentile_00_5", "median", "percentile_99_5")
 
 
 def _mm(values: Sequence[float]) -> str:
@@ -62,8 +62,8 @@ def _intensity_difference(name: str, recorded: Mapping[str, float], current: Map
     shifted = abs(current["median"] - recorded["median"]) > INTENSITY_SHIFT * then_range
     if not (scaled or shifted):
         return None
-    found = ", ".join(f"{current[key]:.4g}" for key in PERCENTILES)
-    planned = ", ".join(f"{recorded[key]:.4g}" for key in PERCENTILES)
+    found = ", ".join(f"{current[key]:.4g}" for key in FINGERPRINT_PERCENTILES)
+    planned = ", ".join(f"{recorded[key]:.4g}" for key in FINGERPRINT_PERCENTILES)
     return (f"{name} foreground intensities (0.5 / 50 / 99.5 percentiles) {found}, the plan's {planned}: its "
             "clip, mean and std do not fit them")
 
