@@ -128,8 +128,9 @@ def test_inference_refuses_a_model_of_another_plan(trained, bundle_cli, samples,
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("unet-med: ")]
     assert lines == [f"unet-med: {models / 'model.pt'}: trained with another plan than {plan}: pixdim = [1.0, 1.0, "
-                     "1.0] in the model, [1.5, 1.5, 1.5] in the plan; use the plan.yaml written beside this model by "
-                     "its training, or train again"], result.stderr[-3000:]
+                     "1.0] in the model, [1.5, 1.5, 1.5] in the plan; use the plan this model was trained with "
+                     f"(python -m unet_med.bundle.plan --from_model {models / 'model.pt'} --output {plan} writes it "
+                     "back), or train again"], result.stderr[-3000:]
     assert not (tmp_path / "pred").exists()
 
 

@@ -11,6 +11,7 @@
 - :mod:`~unet_med.bundle.fingerprint`: a data set's spacings, shapes, intensities and labels, cached as JSON.
 - :mod:`~unet_med.bundle.plan`: training and inference planned from the fingerprint, each value with its reason.
 - :mod:`~unet_med.bundle.plan_file`: the plan file: written with its reasons, loaded, overridden, validated.
+- :mod:`~unet_med.bundle.plan_data`: whether a data set is the data a plan was made from.
 - :mod:`~unet_med.bundle.planned`: the bundles' side of the plan: planned when missing, overridden, recorded in
   ``model.pt`` and checked against it; the crop and inferer of 2D and 3D.
 - :mod:`~unet_med.bundle.cost`: memory, operations and time of a planned U-Net.

@@ -32,7 +32,7 @@ from unet_med.bundle.datalists import decathlon_datalist, load_dataset_json
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import atomic_write
 
-__all__ = ["CaseFingerprint", "Fingerprint", "channel_names", "compute_fingerprint", "fingerprint_case"]
+__all__ = ["CaseFingerprint", "Fingerprint", "channel_names", "compute_fingerprint", "file_stamp", "fingerprint_case"]
 
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10_000
@@ -225,13 +225,17 @@ def _intensity(cases: Sequence[CaseFingerprint], channels: int) -> list[dict[str
     return stats
 
 
+def file_stamp(path: str | os.PathLike) -> list:
+    """``[path, size, modification time in ns]``: a file edited in place (or replaced) gets another stamp."""
+    stat = os.stat(path)
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
 def _file_key(datalist: Sequence[dict[str, str]], samples: int) -> list:
-    """What the cache is valid for: version, sample count and every file's path, size and mtime."""
+    """What the cache is valid for: version, sample count and every file's :func:`file_stamp`."""
     key: list = [FINGERPRINT_VERSION, samples]
     for case in datalist:
-        for path in (case["image"], case["label"]):
-            stat = os.stat(path)
-            key.append([path, stat.st_size, stat.st_mtime_ns])
+        key.extend(file_stamp(path) for path in (case["image"], case["label"]))
     return key
 
 

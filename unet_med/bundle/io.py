@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -93,13 +94,14 @@ class AtomicNibabelWriter(NibabelWriter):
             super().write(partial, verbose=False, **obj_kwargs)
 
 
-def move_aside(paths: Sequence[str | os.PathLike], when: float | None = None) -> list[Path]:
+def move_aside(paths: Sequence[str | os.PathLike], when: float | None = None, copy: bool = False) -> list[Path]:
     """Move files into ``previous/<time>/`` beside them, so that a new run does not overwrite them.
 
     Args:
         paths: existing files.
         when: the time that names the folder (seconds since the epoch); by default the newest file's
             modification time, i.e. when the previous run last wrote.
+        copy: copy them instead (written atomically), leaving each file in place until it is replaced.
 
     Returns:
         The new paths.
@@ -113,7 +115,11 @@ def move_aside(paths: Sequence[str | os.PathLike], when: float | None = None) ->
     for path in paths:
         target = path.parent / "previous" / stamp / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
+        if copy:
+            with atomic_write(target) as partial:
+                shutil.copy2(path, partial)
+        else:
+            os.replace(path, target)
         moved.append(target)
     return moved
 

@@ -48,14 +48,15 @@ from typing import Any
 import numpy as np
 
 from unet_med.bundle import cost
-from unet_med.bundle.datalists import decathlon_datalist
+from unet_med.bundle.datalists import check_output_dir, decathlon_datalist
 from unet_med.bundle.dataset_check import DatasetError, check_dataset
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import Fingerprint, channel_names, compute_fingerprint
-from unet_med.bundle.plan_file import PLAN_VERSION, round_floats, write_plan
+from unet_med.bundle.plan_file import FINGERPRINT_PERCENTILES, PLAN_VERSION, round_floats, write_plan
 from unet_med.bundle.scan_check import FACTOR, trained_on
 
-__all__ = ["PlanSettings", "decision_table", "main", "make_plan", "network_topology", "plan_dataset", "target_spacing"]
+__all__ = ["PlanSettings", "check_plan_output", "decision_table", "main", "make_plan", "network_topology",
+           "plan_dataset", "target_spacing"]
 
 ANISOTROPY_RATIO = 3.0
 POOL_SPACING_RATIO = 2.0
@@ -450,7 +451,23 @@ def make_plan(
                       f"the smallest and the largest {what} per RAS axis of the {cases} cases (mm)")
     decisions.reasons["trained_on"] = (f"the scans planned from: inference warns about a scan more than {FACTOR:g}x "
                                        "outside a range on an axis (--strict_scans true refuses it)")
+    _record_fingerprint(decisions, fingerprint)
     return decisions.plan, decisions.reasons
+
+
+def _record_fingerprint(decisions: _Decisions, fingerprint: Fingerprint) -> None:
+    """Record what the plan was made from, for training to compare a data set with (:mod:`.plan_data`)."""
+    decisions.set("fingerprint.median_spacing", [float(s) for s in fingerprint.median_spacing()],
+                  "median spacing of the cases planned from (mm)")
+    decisions.plan["fingerprint"]["intensity"] = [
+        round_floats({key: stats[key] for key in FINGERPRINT_PERCENTILES})
+        for stats in fingerprint.intensity
+    ]
+    for index, name in enumerate(fingerprint.channel_names):
+        decisions.reasons[f"fingerprint.intensity.{index}"] = f"{name}: foreground intensity percentiles"
+    decisions.reasons["fingerprint.intensity"] = "one entry per channel"
+    decisions.reasons["fingerprint"] = ("the data planned from: training refuses a data set whose spacing, channels "
+                                        "or CT intensities differ")
 
 
 def _first_image_channels(datalist: Sequence[dict[str, str]]) -> int:
@@ -501,6 +518,33 @@ def plan_dataset(
     return plan, reasons
 
 
+def check_plan_output(output: str | os.PathLike, from_model: str | os.PathLike | None = None) -> None:
+    """Refuse a planner ``--output`` that cannot be written, or that belongs to another trained model.
+
+    A plan beside a ``model.pt`` is that model's plan: evaluation, inference and ``--resume`` read it and refuse
+    a plan the model was not trained with, so a new plan goes elsewhere (the bundles' training, not the
+    planner, replaces a model and its plan together, with ``--overwrite true``). Only that model's own plan
+    (``--from_model`` naming it) may be written there.
+
+    Raises:
+        BundleError: one line naming ``--output`` and the problem, before anything is read.
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise BundleError(f"--output {output} is a folder: name the plan file, e.g. {output / 'plan.yaml'}")
+    try:
+        check_output_dir(output.parent)
+    except BundleError as err:
+        raise BundleError(f"--output {output}: {err}") from None
+    model = output.parent / "model.pt"
+    if model.is_file() and not (from_model is not None and Path(from_model).resolve() == model.resolve()):
+        raise BundleError(
+            f"--output {output}: {model} is a trained model and this is its plan (evaluation, inference and --resume "
+            f"read it): plan into another folder, e.g. --output {output.parent.parent / 'new_plan' / output.name}; "
+            f"model.pt keeps the plan it was trained with, and --from_model {model} --output {output} writes it back"
+        )
+
+
 def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int = 150) -> str:
     """The plan's main decisions as a text table: key, value, reason (cut to ``width`` characters)."""
     keys = ["pixdim", "normalization", "patch_size", "network.features", "network.strides", "network.kernel_size",
@@ -529,7 +573,9 @@ def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int = 1
 def main(argv: Sequence[str] | None = None) -> int:
     """Plan from the command line; print the decisions; return 0, or 1 with the problem on stderr."""
     parser = argparse.ArgumentParser(prog="python -m unet_med.bundle.plan", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset_dir", help="Decathlon folder: dataset.json, imagesTr/, labelsTr/")
+    parser.add_argument("dataset_dir", nargs="?", help="Decathlon folder: dataset.json, imagesTr/, labelsTr/")
+    parser.add_argument("--from_model", default=None,
+                        help="instead of planning, write the plan this trained model.pt records to --output")
     parser.add_argument("--output", default="models/plan.yaml", help="plan file to write (default models/plan.yaml)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="device to plan for (default: cuda if this machine has one)")
@@ -544,7 +590,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if (args.dataset_dir is None) == (args.from_model is None):
+        print("unet-med: give DATASET_DIR to plan from a data set, or --from_model MODEL to write back the plan a "
+              "trained model records", file=sys.stderr)
+        return 1
     try:
+        check_plan_output(args.output, args.from_model)
+        if args.from_model is not None:
+            from unet_med.bundle.planned import restore_plan
+
+            restore_plan(args.from_model, args.output)
+            print(f"the plan {args.from_model} was trained with written to {args.output}")
+            return 0
         settings = PlanSettings(device=device, spatial_dims=args.dims, memory_budget_gb=args.memory_budget,
                                 measure=args.measure)
         plan, reasons = plan_dataset(args.dataset_dir, args.output, settings, args.workers)

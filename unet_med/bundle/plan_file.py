@@ -28,12 +28,13 @@ import yaml
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import atomic_write
 
-__all__ = ["NORMALIZATION_SCHEMES", "PLAN_VERSION", "apply_overrides", "load_plan", "read_plan_text", "render_plan",
-           "round_floats", "validate_plan", "write_plan"]
+__all__ = ["FINGERPRINT_PERCENTILES", "NORMALIZATION_SCHEMES", "PLAN_VERSION", "apply_overrides", "load_plan",
+           "read_plan_text", "render_plan", "round_floats", "validate_plan", "write_plan"]
 
 PLAN_VERSION = 1
 NORMALIZATION_SCHEMES = ("zscore", "ct")
 CACHE_POLICIES = ("ram", "disk")
+FINGERPRINT_PERCENTILES = ("percentile_00_5", "median", "percentile_99_5")
 
 
 def round_floats(value: Any) -> Any:
@@ -258,6 +259,8 @@ def validate_plan(plan: Mapping[str, Any], source: str | os.PathLike) -> None:
              f"must be one of {', '.join(CACHE_POLICIES)}")
     if "trained_on" in plan:
         _validate_trained_on(plan["trained_on"], fail)
+    if "fingerprint" in plan:
+        _validate_fingerprint(plan["fingerprint"], plan["in_channels"], fail)
 
 
 def _validate_trained_on(ranges: Any, fail: Any) -> None:
@@ -267,6 +270,21 @@ def _validate_trained_on(ranges: Any, fail: Any) -> None:
         if not (isinstance(bounds, list) and len(bounds) == 2 and all(_positive_numbers(b, 3) for b in bounds)
                 and all(low <= high for low, high in zip(*bounds))):
             fail(f"trained_on.{name}", bounds, "must be [[3 smallest], [3 largest]] positive values in mm")
+
+
+def _validate_fingerprint(fingerprint: Any, channels: int, fail: Any) -> None:
+    """The data the plan was made from (optional: plans before it have none): a spacing and per channel percentiles."""
+    if not isinstance(fingerprint, Mapping):
+        fail("fingerprint", fingerprint, "must be a section with median_spacing and intensity")
+    if not _positive_numbers(fingerprint.get("median_spacing"), 3):
+        fail("fingerprint.median_spacing", fingerprint.get("median_spacing"), "must be 3 positive spacings in mm")
+    intensity = fingerprint.get("intensity")
+    if not isinstance(intensity, list) or len(intensity) != channels:
+        fail("fingerprint.intensity", intensity, f"needs one entry per channel (in_channels = {channels})")
+    for index, entry in enumerate(intensity):
+        if not (isinstance(entry, Mapping) and all(isinstance(entry.get(key), (int, float)) and not isinstance(
+                entry.get(key), bool) for key in FINGERPRINT_PERCENTILES)):
+            fail(f"fingerprint.intensity.{index}", entry, f"must give {', '.join(FINGERPRINT_PERCENTILES)} as numbers")
 
 
 def _validate_normalization(normalization: Any, channels: int, fail: Any) -> None:

@@ -25,14 +25,16 @@ import torch
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Identityd, MapTransform, SqueezeDimd
 
 from unet_med.bundle.datalists import label_names
 from unet_med.bundle.dataset_check import check_dataset
 from unet_med.bundle.errors import BundleError
-from unet_med.bundle.fingerprint import channel_names
-from unet_med.bundle.io import load_checkpoint
+from unet_med.bundle.fingerprint import channel_names, compute_fingerprint, file_stamp
+from unet_med.bundle.io import load_checkpoint, move_aside
+from unet_med.bundle.plan_data import check_plan_fits_data
 from unet_med.bundle.plan_file import apply_overrides, load_plan, read_plan_text, validate_plan, write_plan
 
 __all__ = [
@@ -45,6 +47,9 @@ __all__ = [
     "crop_size",
     "differences",
     "first_difference",
+    "recorded_plan",
+    "restore_plan",
+    "stamped_hash",
     "to_network_dims",
     "trained_plan",
     "training_plan",
@@ -120,18 +125,19 @@ def training_plan(
 def check_dataset_against_plan(
     dataset_dir: str | os.PathLike, plan: Mapping[str, Any], plan_file: str | os.PathLike
 ) -> list[dict[str, str]]:
-    """The data check of training, for the plan's channels and classes.
+    """The data check of training, for the plan's channels and classes, and the data compared with the plan's.
 
     ``dataset.json``'s channel names and labels must match the plan's ``in_channels`` and ``num_classes`` (a
     plan made for another data set), then every case is checked
-    (:func:`unet_med.bundle.dataset_check.check_dataset`).
+    (:func:`unet_med.bundle.dataset_check.check_dataset`), and the cases' fingerprint (cached beside the plan
+    file) must match the one the plan was made from (:func:`unet_med.bundle.plan_data.check_plan_fits_data`).
 
     Returns:
         The checked training cases.
 
     Raises:
-        BundleError: one line naming the plan file and the key that does not fit the data set, or the data
-            check's error.
+        BundleError: one line naming the plan file and the key that does not fit the data set, the data
+            check's error, or the first way the data differ from the plan's.
     """
     path = Path(plan_file)
     names = channel_names(dataset_dir)
@@ -142,7 +148,10 @@ def check_dataset_against_plan(
     if classes != plan["num_classes"]:
         raise BundleError(f"{path}: num_classes = {plan['num_classes']}: {dataset_dir} has {classes} labels, "
                           "background included; " + _replan_hint(path, plan["spatial_dims"]))
-    return check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
+    cases = check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
+    fingerprint = compute_fingerprint(dataset_dir, path.with_name("fingerprint.json"), datalist=cases)
+    check_plan_fits_data(plan, path, fingerprint, dataset_dir)
+    return cases
 
 
 def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
@@ -182,10 +191,50 @@ def _lookup(plan: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def _mismatch(model_file: Path, recorded: Mapping[str, Any], plan: Mapping[str, Any], source: str, key: str) -> str:
+def _write_back_hint(model_file: Path, plan_file: Path) -> str:
+    return f"python -m unet_med.bundle.plan --from_model {model_file} --output {plan_file} writes it back"
+
+
+def _mismatch(
+    model_file: Path, recorded: Mapping[str, Any], plan: Mapping[str, Any], source: str, key: str, plan_file: Path
+) -> str:
     return (f"{model_file}: trained with another plan than {source}: {key} = "
             f"{json.dumps(_lookup(recorded, key))} in the model, {json.dumps(_lookup(plan, key))} in the plan; "
-            f"use the plan.yaml written beside this model by its training, or train again")
+            f"use the plan this model was trained with ({_write_back_hint(model_file, plan_file)}), or train again")
+
+
+def recorded_plan(model_file: str | os.PathLike) -> dict[str, Any]:
+    """The plan a ``model.pt`` saved by the bundles' training records beside its weights.
+
+    Raises:
+        BundleError: one line: a missing or refused file, or a model that records no plan.
+    """
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        raise BundleError(f"{model_file}: records no plan (saved before plans, or not by the bundles' training): "
+                          "train it again, or save it as {'model': state_dict, 'plan': the plan it was trained with}")
+    return dict(recorded)
+
+
+def restore_plan(model_file: str | os.PathLike, plan_file: str | os.PathLike) -> Path:
+    """Write the plan ``model_file`` was trained with to ``plan_file``: the way back to a lost or replaced plan file.
+
+    The values are the model's; their reasons stayed in the file its training wrote, so the header says where
+    the values come from. A file already at ``plan_file`` is kept in ``previous/<time>/`` beside it.
+
+    Returns:
+        ``plan_file``.
+
+    Raises:
+        BundleError: one line: no model, a model that records no plan, or a recorded plan the bundles cannot run.
+    """
+    plan, path = recorded_plan(model_file), Path(plan_file)
+    if path.is_file():
+        move_aside([path], copy=True)
+    header = (f"Written by python -m unet_med.bundle.plan --from_model: the plan {model_file} was trained with.\n"
+              "The reasons of its values are in the plan file its training wrote.")
+    return write_plan(path, plan, {}, header)
 
 
 def trained_plan(
@@ -210,20 +259,16 @@ def trained_plan(
             or a plan (with the overrides) that differs from the model's in a key of ``MODEL_KEYS``.
     """
     path, model_file = Path(plan_file), Path(model_file)
-    checkpoint = load_checkpoint(model_file, map_location="cpu")
-    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(recorded, Mapping):
-        raise BundleError(f"{model_file}: records no plan (saved before plans, or not by the bundles' training): "
-                          "train it again, or save it as {'model': state_dict, 'plan': the plan it was trained with}")
+    recorded = recorded_plan(model_file)
     if not path.is_file():
         raise BundleError(f"{path}: no plan file: evaluation and inference read the plan that training wrote beside "
-                          f"{model_file.name}; copy it there with the model")
+                          f"{model_file.name}; copy it there with the model, or {_write_back_hint(model_file, path)}")
     plan = load_plan(path)
     _check_dims(plan, path, spatial_dims)
     plan, source = _with_overrides(plan, path, overrides)
     differs = _model_difference(recorded, plan)
     if differs:
-        raise BundleError(_mismatch(model_file, recorded, plan, source, differs))
+        raise BundleError(_mismatch(model_file, recorded, plan, source, differs, path))
     return plan
 
 
@@ -262,32 +307,73 @@ class PlanRecord:
 
 
 class PlanWriter:
-    """Trainer handler: writes the effective plan (the file with the command line's overrides) when training starts.
+    """Trainer handler: writes the effective plan (the file with the command line's overrides), in step with the model.
 
     Attached after :class:`~unet_med.bundle.handlers.BestModelGuard`, so that a training it refuses changes no
     file; evaluation and inference then read exactly training's values. Values set on the command line get the
     reason ``"set on the command line"``; the other values keep the file's reasons. Written on rank 0 only.
 
+    ``plan.yaml`` and ``model.pt`` stay in step: when the trainer starts beside a ``model_path`` trained with
+    another plan (in a key of ``MODEL_KEYS``: a fine-tune with another patch, say), the file keeps that model's
+    plan until this run saves a better model (checked when each epoch starts and when training ends); if no epoch
+    beats the model, the file is left as it was. A file replaced by a plan that differs in such a key is kept in
+    ``previous/<time>/`` beside it.
+
     Args:
         plan: the effective plan.
         plan_file: ``models/plan.yaml``.
+        model_path: ``models/model.pt``; ``None`` writes when the trainer starts whatever model is there.
     """
 
-    def __init__(self, plan: Mapping[str, Any], plan_file: str | os.PathLike) -> None:
+    def __init__(
+        self, plan: Mapping[str, Any], plan_file: str | os.PathLike, model_path: str | os.PathLike | None = None
+    ) -> None:
         self.plan = dict(plan)
         self.plan_file = Path(plan_file)
+        self.model_path = None if model_path is None else Path(model_path)
+        self._waiting_for: tuple[int, int, int] | None = None  # the stamp of the model whose plan the file keeps
 
     def attach(self, engine: Engine) -> None:
-        """Write when ``engine`` starts."""
+        """Write when ``engine`` starts, or once it has saved a model trained with this plan."""
         engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._write_once_the_model_is_saved)
+        engine.add_event_handler(Events.COMPLETED, self._write_once_the_model_is_saved)
+
+    def _model_stamp(self) -> tuple[int, int, int] | None:
+        if self.model_path is None or not self.model_path.is_file():
+            return None
+        stat = self.model_path.stat()
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def _model_has_another_plan(self) -> bool:
+        saved = load_checkpoint(self.model_path, map_location="cpu")
+        recorded = saved.get("plan") if isinstance(saved, Mapping) else None
+        return not isinstance(recorded, Mapping) or _model_difference(recorded, self.plan) is not None
 
     def __call__(self, engine: Engine) -> None:
-        """Write the plan if it differs from the file."""
+        """Write the plan if it differs from the file, unless the file belongs to a model of another plan."""
         if idist.get_rank() != 0:
             return
+        stamp = self._model_stamp()
+        if stamp is not None and self._model_has_another_plan():
+            self._waiting_for = stamp
+            engine.logger.info(f"{self.plan_file} keeps the plan of {self.model_path} until this run saves a "
+                               "better model")
+            return
+        self._write(engine)
+
+    def _write_once_the_model_is_saved(self, engine: Engine) -> None:
+        if self._waiting_for is not None and idist.get_rank() == 0 and self._model_stamp() != self._waiting_for:
+            self._waiting_for = None
+            self._write(engine)
+
+    def _write(self, engine: Engine) -> None:
         on_disk, reasons, header = read_plan_text(self.plan_file)
         if on_disk == self.plan:
             return
+        if _model_difference(on_disk, self.plan) is not None:
+            kept = move_aside([self.plan_file], copy=True)[0]
+            engine.logger.info(f"Kept the earlier plan: {kept}")
         for key in differences(on_disk, self.plan):
             reasons[key] = f"{OVERRIDE_REASON} (the file had {json.dumps(_lookup(on_disk, key))})"
         write_plan(self.plan_file, self.plan, reasons, header)
@@ -333,6 +419,17 @@ def preprocessing_key(plan: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def stamped_hash(item: Mapping[str, Any]) -> bytes:
+    """The disk cache's key of a data item: MONAI's hash of the item and of its files' size and modification time.
+
+    MONAI's default key is the item alone (its paths), so a label edited in place kept its stale cached copy;
+    with the files' stamps (:func:`unet_med.bundle.fingerprint.file_stamp`, as the fingerprint's cache is keyed)
+    an edited or replaced file is prepared again.
+    """
+    stamps = [file_stamp(value) for value in item.values() if isinstance(value, str) and os.path.isfile(value)]
+    return pickle_hashing({"item": dict(item), "files": stamps})
+
+
 def cached_dataset(
     data: Sequence[Mapping[str, Any]],
     transform: Any,
@@ -344,8 +441,10 @@ def cached_dataset(
     """The plan's cache: ``ram``: a ``CacheDataset``; ``disk``: a ``PersistentDataset`` (MONAI's).
 
     On disk the deterministic steps are kept in ``cache_dir/<hash of the plan's preprocessing>/``: a new plan
-    gets a new folder instead of reading cases prepared another way.
+    gets a new folder instead of reading cases prepared another way; each case's file is named by
+    :func:`stamped_hash`, so an edited image or label is prepared again.
     """
     if plan["cache"]["policy"] == "ram":
         return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
-    return PersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / preprocessing_key(plan))
+    return PersistentDataset(data=data, transform=transform, cache_dir=Path(cache_dir) / preprocessing_key(plan),
+                             hash_func=stamped_hash)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from unet_med.bundle import cost
 from unet_med.bundle.datalists import decathlon_datalist
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import compute_fingerprint
 from unet_med.bundle.plan import PlanSettings, main, make_plan, network_topology, plan_dataset
 from unet_med.bundle.plan_file import load_plan
+from unet_med.bundle.planned import trained_plan
 
 FLOPS = 50e9  # a fixed throughput, so that the plans do not depend on this machine's load
 
@@ -184,3 +188,54 @@ def test_cli_runs_the_data_check_first(samples, tmp_path, capsys):
     assert main([str(folder), "--output", str(tmp_path / "plan.yaml")]) == 1
     assert "missing image" in capsys.readouterr().err
     assert not (tmp_path / "plan.yaml").exists()
+
+
+def test_cli_never_overwrites_the_plan_of_a_trained_model(samples, planned_models, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(planned_models["3d"], models)
+    before = (models / "plan.yaml").read_bytes()
+    assert main([str(samples), "--output", str(models / "plan.yaml"), "--device", "cuda", "--workers", "1"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"unet-med: --output {models / 'plan.yaml'}: {models / 'model.pt'} is a trained model and this is its plan "
+        f"(evaluation, inference and --resume read it): plan into another folder, e.g. --output "
+        f"{tmp_path / 'new_plan' / 'plan.yaml'}; model.pt keeps the plan it was trained with, and --from_model "
+        f"{models / 'model.pt'} --output {models / 'plan.yaml'} writes it back"
+    ]
+    assert (models / "plan.yaml").read_bytes() == before
+    # Without its plan file the folder still belongs to the model: no plan it was not trained with is put there.
+    (models / "plan.yaml").unlink()
+    assert main([str(samples), "--output", str(models / "plan.yaml")]) == 1
+    assert not (models / "plan.yaml").exists()
+
+
+def test_cli_writes_back_the_plan_a_model_was_trained_with(planned_models, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(planned_models["3d"], models)
+    plan_file, model_file = models / "plan.yaml", models / "model.pt"
+    replaced = plan_file.read_text().replace("pixdim: [1.0, 1.0, 1.0]", "pixdim: [1.5, 1.5, 1.5]")
+    plan_file.write_text(replaced)  # a plan the model was not trained with: evaluation and inference refuse it
+    with pytest.raises(BundleError, match=f"--from_model {model_file} --output {plan_file} writes it back"):
+        trained_plan(plan_file, model_file, 3)
+    assert main(["--from_model", str(model_file), "--output", str(plan_file)]) == 0
+    assert f"the plan {model_file} was trained with written to {plan_file}" in capsys.readouterr().out
+    assert trained_plan(plan_file, model_file, 3) == torch.load(model_file, weights_only=True)["plan"]
+    assert [path.read_text() for path in models.glob("previous/*/plan.yaml")] == [replaced]
+    assert main(["--from_model", str(model_file), str(tmp_path)]) == 1  # a data set too: which one is meant?
+    assert main([]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "unet-med: give DATASET_DIR to plan from a data set, or --from_model MODEL to write back the plan a trained "
+        "model records"] * 2
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_cli_refuses_an_output_it_cannot_write_in_one_line(where, samples, tmp_path, capsys):
+    (tmp_path / "some_file.txt").write_text("not a folder")
+    output = tmp_path / "some_file.txt" / "plan.yaml" if where == "under_a_file" else tmp_path
+    assert main([str(samples), "--output", str(output), "--workers", "1"]) == 1
+    expected = {
+        "under_a_file": f"unet-med: --output {output}: output folder {output.parent} cannot be created: "
+                        f"{output.parent} is a file.",
+        "a_folder": f"unet-med: --output {output} is a folder: name the plan file, e.g. {output / 'plan.yaml'}",
+    }
+    assert capsys.readouterr().err.splitlines() == [expected[where]]
+    assert (tmp_path / "some_file.txt").read_text() == "not a folder"

@@ -65,6 +65,7 @@ def test_an_edited_plan_is_honoured_and_an_override_wins(written, tmp_path):
         ("overlap", "1.5", r"inference.overlap = 1.5: must lie in \[0, 1\)"),
         ("policy", "swap", r'cache.policy = "swap": must be one of ram, disk'),
         ("version", "7", r"version = 7: this unet-med reads plan version 1"),
+        ("median_spacing", "[1.0, 1.0]", r"fingerprint.median_spacing = \[1.0, 1.0\]: must be 3 positive spacings"),
     ],
 )
 def test_nonsense_is_refused_in_one_line(written, tmp_path, key, value, message):
@@ -81,6 +82,18 @@ def test_unknown_normalisation_is_refused(written, tmp_path):
     bad.write_text(text.replace('"scheme": "zscore"', '"scheme": "minmax"'))
     with pytest.raises(ValueError, match=rf'^{re.escape(str(bad))}: normalization.0.scheme = "minmax": unknown'):
         load_plan(bad)
+
+
+def test_a_plan_without_its_fingerprint_still_loads_and_a_broken_one_is_named(written, tmp_path):
+    _, text = written
+    old = tmp_path / "old.yaml"
+    old.write_text(text[: text.index("fingerprint:")])  # planned before plans recorded their data
+    assert "fingerprint" not in load_plan(old)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace('"median": ', '"middle": '))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(broken))}: fingerprint.intensity.0 = .*: must give "
+                                         "percentile_00_5, median, percentile_99_5 as numbers$"):
+        load_plan(broken)
 
 
 def test_bad_files_and_overrides_are_refused(written, tmp_path):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
+from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, PersistentDataset
+from monai.transforms import LoadImaged
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.io import CheckpointError
@@ -98,8 +101,6 @@ def test_the_effective_plan_is_written_back_with_its_reason(planned_models, tmp_
 
 
 def _engine():
-    from ignite.engine import Engine
-
     return Engine(lambda engine, batch: None)
 
 
@@ -204,3 +205,43 @@ def test_the_cache_follows_the_plan(planned_models, tmp_path):
     assert isinstance(dataset, PersistentDataset) and dataset.cache_dir.parent == tmp_path
     other = cached_dataset([], None, {**on_disk, "pixdim": [2.0, 2.0, 2.0]}, tmp_path)
     assert other.cache_dir != dataset.cache_dir  # another preprocessing, another folder
+
+
+def test_the_disk_cache_prepares_a_label_edited_in_place_again(planned_models, write_decathlon, tmp_path):
+    plan = {**load_plan(planned_models["3d"] / "plan.yaml"), "cache": {"policy": "disk"}}
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[2:4], label[5:7] = 1, 2
+    folder = write_decathlon([(np.ones((8, 8, 8), np.float32), label)], [(1.0, 1.0, 1.0)],
+                             labels=("background", "left", "right"))
+    case = {key: str(folder / f"{key}sTr" / "case_000.nii.gz") for key in ("image", "label")}
+    loading = LoadImaged(keys=["image", "label"], reader="NibabelReader", image_only=True)
+    first = cached_dataset([case], loading, plan, tmp_path / "cache")[0]["label"]
+    swapped = np.where(label == 1, 2, np.where(label == 2, 1, 0)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(swapped, np.eye(4)), case["label"])  # in place, as an editor saves it
+    again = cached_dataset([case], loading, plan, tmp_path / "cache")[0]["label"]
+    assert np.array_equal(np.asarray(first), label) and np.array_equal(np.asarray(again), swapped)
+
+
+@pytest.mark.parametrize("saves_a_better_model", [False, True])
+def test_the_plan_file_follows_the_model_it_belongs_to(saves_a_better_model, planned_models, tmp_path, samples):
+    models = copy_models(planned_models["3d"], tmp_path)
+    plan_file, model_file = models / "plan.yaml", models / "model.pt"
+    before = plan_file.read_bytes()
+    plan = training_plan(plan_file, samples, 3, "cpu", {"patch_size": [48, 48, 48]})  # a fine-tune's patch
+    written_in_epoch_1 = []
+
+    def step(engine, batch):  # stands for the trainer, its validation saving model.pt when it beats the kept one
+        written_in_epoch_1.append(plan_file.read_bytes())
+        if saves_a_better_model:
+            torch.save({"model": torch.load(model_file, weights_only=True)["model"], "plan": plan}, model_file)
+
+    engine = Engine(step)
+    PlanWriter(plan, plan_file, model_file).attach(engine)
+    engine.run([0], max_epochs=2)
+    assert written_in_epoch_1[0] == before  # until a model of this plan is saved, the file is the kept model's
+    if saves_a_better_model:
+        assert load_plan(plan_file)["patch_size"] == [48, 48, 48]
+        assert [path.read_bytes() for path in models.glob("previous/*/plan.yaml")] == [before]
+    else:
+        assert plan_file.read_bytes() == before and not (models / "previous").exists()
+    assert trained_plan(plan_file, model_file, 3)  # evaluation and inference accept the pair
