@@ -433,7 +433,10 @@ class ScanReport:
         self._start = self._scan_start = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
-        """Show ``engine``'s scans as they are done; sum up when it ends, however it ends."""
+        """Show ``engine``'s scans as they are done; sum up when it ends, however it ends.
+
+        List it before MONAI's ``StatsHandler``, which re-raises an error before later handlers of the event see it.
+        """
         engine.add_event_handler(Events.EPOCH_STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._scan_done)
         engine.add_event_handler(Events.COMPLETED, self._completed)
@@ -460,8 +463,8 @@ class ScanReport:
         if outcome == "finished":
             return f"segmented {done} scans in {seconds}: {where}"
         cause = "interrupted" if outcome == "interrupted" else "stopped by an error"
-        return (f"inference {cause} after {done} of {total} scans ({seconds}): the {done} {where} are complete, "
-                "the others not written")
+        line = f"inference {cause} after {done} of {total} scans ({seconds})"
+        return f"{line}: their {where} are complete, the others not written" if done else line
 
     def _end(self, outcome: str) -> None:
         self.progress.close()
