@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,8 +162,10 @@ class _QuietLogger(logging.getLoggerClass()):  # type: ignore[misc]
 def install_excepthook(debug: bool | str = False) -> None:
     """Report uncaught :class:`BundleError` s as one line each; leave every other exception to the previous hook.
 
-    Also filters the terminal's logging handlers (see the module's description). Installing it twice keeps one
-    hook (the configs of a merged run may each call it).
+    Also filters the terminal's logging handlers (see the module's description), and reports a thread that dies
+    of such an error (TensorBoard's event writer on a full disk) the same way; a line already printed is not
+    printed again when the main thread ends with the same error. Installing it twice keeps one hook (the configs
+    of a merged run may each call it).
 
     Args:
         debug: also print the full traceback (``--debug true``); the environment variable ``UNET_MED_DEBUG=1``
@@ -170,18 +173,34 @@ def install_excepthook(debug: bool | str = False) -> None:
     """
     show_traceback = _debug_requested(debug)
     previous: Callable = getattr(sys.excepthook, "previous_hook", sys.excepthook)
+    previous_thread: Callable = getattr(threading.excepthook, "previous_hook", threading.excepthook)
+    printed: set[str] = set()
 
-    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    def report(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> bool:
+        """Print ``error``'s line(s) if it is ours (once); whether it was."""
         ours = bundle_error_in(error)
         if ours is None:
-            previous(kind, error, trace)
-            return
+            return False
         if show_traceback:
             traceback.print_exception(kind, error, trace, file=sys.stderr)
-        print("\n".join(report_lines(ours)), file=sys.stderr, flush=True)
+        text = "\n".join(report_lines(ours))
+        if text not in printed:
+            printed.add(text)
+            print(text, file=sys.stderr, flush=True)
+        return True
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if not report(kind, error, trace):
+            previous(kind, error, trace)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or not report(args.exc_type, args.exc_value, args.exc_traceback):
+            previous_thread(args)
 
     hook.previous_hook = previous  # type: ignore[attr-defined]
+    thread_hook.previous_hook = previous_thread  # type: ignore[attr-defined]
     sys.excepthook = hook
+    threading.excepthook = thread_hook
     if not show_traceback:
         for handler in _terminal_handlers():
             if not any(isinstance(f, _BundleErrorRecords) for f in handler.filters):

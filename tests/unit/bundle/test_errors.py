@@ -86,3 +86,23 @@ def test_a_full_device_anywhere_in_the_chain_is_a_bundle_error(tmp_path):
     assert str(unnamed) == ("no space left on the device (a write failed); free some space (or write elsewhere) and "
                             "run again.")
     assert bundle_error_in(OSError(errno.EACCES, os.strerror(errno.EACCES))) is None
+
+
+def test_a_thread_dying_of_a_full_disk_and_the_run_it_stops_give_one_line(child_env):
+    code = textwrap.dedent("""
+        import errno, os, threading
+        from unet_med.bundle.errors import install_excepthook
+        install_excepthook(False)
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        def write():  # a background writer, as TensorBoard's, whose error the main thread raises again
+            raise full
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+        raise RuntimeError("Failed to evaluate ...") from full
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "unet-med: no space left on the device (a write failed); free some space (or write elsewhere) and run again."
+    ]
