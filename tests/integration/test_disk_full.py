@@ -109,5 +109,6 @@ def test_inference_names_the_prediction_it_cannot_write(tmp_path, trained, sampl
     prediction = tmp_path / "pred" / "hippocampus_001_seg.nii.gz"
     assert line.startswith(f"unet-med: no space left on the device for {prediction}: "), line
     assert "cannot find a suitable writer" not in result.stderr + result.stdout
+    assert "unable to write" not in result.stdout
     assert "inference stopped by an error after 0 of 2 scans" in result.stdout
     assert not list(after.iterdir()), "no half-written prediction, no lock left behind"

@@ -132,14 +132,17 @@ class AtomicNibabelWriter(NibabelWriter):
 class AtomicSaveImaged(SaveImaged):
     """MONAI's ``SaveImaged`` writing through :class:`AtomicNibabelWriter`, that says when the disk is full.
 
-    MONAI's ``SaveImage`` catches any error of its writers and raises "cannot find a suitable writer" in its
-    place; this one raises the writer's :class:`DiskFullError` instead. It takes ``SaveImaged``'s arguments but
-    ``writer``. MONAI Label, which leaves every ``SaveImaged`` out of the bundles' postprocessing, leaves it out.
+    MONAI's ``SaveImage`` catches any error of its writers, logs "<writer>: unable to write <file>" and raises
+    "cannot find a suitable writer" in its place; this one raises the writer's :class:`DiskFullError` instead,
+    and keeps that log line (its ``SaveImage`` logger's INFO records, which say nothing else) off the console.
+    It takes ``SaveImaged``'s arguments but ``writer``. MONAI Label, which leaves every ``SaveImaged`` out of the
+    bundles' postprocessing, leaves it out.
     """
 
     def __init__(self, keys: Any, **kwargs: Any) -> None:
         self._writer: AtomicNibabelWriter | None = None
         super().__init__(keys, writer=self._new_writer, **kwargs)
+        logging.getLogger(type(self.saver).__name__).setLevel(logging.WARNING)
 
     def _new_writer(self, **kwargs: Any) -> AtomicNibabelWriter:
         """A writer for one image (``SaveImage`` makes one per image), remembered for its error."""
