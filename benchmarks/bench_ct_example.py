@@ -50,6 +50,7 @@ def run_inference(images: list[str], models: Path, output_dir: Path) -> tuple[fl
     command = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
         "--ckpt_dir", str(models), "--output_dir", str(output_dir), "--datalist", repr(images),
+        "--overwrite", "true",  # a rerun into the same --output-dir sets the earlier predictions aside
     ]
     start = time.perf_counter()
     subprocess.run(command, cwd=BUNDLE, check=True)

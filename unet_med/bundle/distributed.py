@@ -21,7 +21,7 @@ from ignite import distributed as idist
 from monai.bundle import ConfigComponent
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardHandler
 
-from unet_med.bundle.report import TrainingReport
+from unet_med.bundle.report import ScanReport, TrainingReport
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -35,7 +35,7 @@ __all__ = [
     "rank_zero_only",
 ]
 
-RANK_ZERO_HANDLERS = (StatsHandler, TensorBoardHandler, CheckpointSaver, TrainingReport)
+RANK_ZERO_HANDLERS = (StatsHandler, TensorBoardHandler, CheckpointSaver, TrainingReport, ScanReport)
 """Handlers that print or write files: one copy, on rank 0, is enough."""
 
 

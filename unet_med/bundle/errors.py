@@ -13,6 +13,11 @@ Python then exits with status 1, as for any uncaught exception. Any other except
 installed before, so errors that are not ours keep MONAI's and Python's full report. With ``--debug true`` or
 the environment variable ``UNET_MED_DEBUG=1`` the full traceback follows the line.
 
+A full disk is reported the same way: an ``OSError`` of a full device or quota (``ENOSPC``, ``EDQUOT``) anywhere
+in the chain is turned into a :class:`DiskFullError` by :func:`bundle_error_in`, and the line says so, with the
+file and the space left where the error names a file. The bundles' own writes go through
+:func:`unet_med.bundle.io.atomic_write`, which raises a :class:`DiskFullError` naming its file itself.
+
 An error raised while an engine runs is also logged on its way out (ignite logs "Engine run is terminating due
 to exception", MONAI's ``StatsHandler`` logs the traceback). The same call adds a filter that drops error records
 logged while a :class:`BundleError` is being handled, so that the terminal shows the one line only (all of it
@@ -26,21 +31,74 @@ process.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 
-__all__ = ["DEBUG_ENV", "BundleError", "bundle_error_in", "install_excepthook", "report_lines"]
+__all__ = [
+    "DEBUG_ENV",
+    "BundleError",
+    "DiskFullError",
+    "bundle_error_in",
+    "disk_full_error",
+    "install_excepthook",
+    "is_disk_full",
+    "report_lines",
+]
 
 DEBUG_ENV = "UNET_MED_DEBUG"
 PREFIX = "unet-med: "
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class BundleError(ValueError):
     """A mistake in what the user gave a bundle; the message names the file or option and the problem."""
+
+
+class DiskFullError(BundleError):
+    """A write failed for want of space on its device (or of quota); the message names the file and the space."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is an ``OSError`` of a full device or an exhausted quota."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL
+
+
+def _size(size: int) -> str:
+    """``512 bytes``, ``1.2 MB``, ``3.4 GB``."""
+    value, unit = float(size), "bytes"
+    for larger in ("kB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, larger
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def disk_full_error(path: str | os.PathLike | None, needed: int | None = None) -> DiskFullError:
+    """The error of a write of ``path`` that found its device full.
+
+    Args:
+        path: the file being written, or ``None`` when the failed write did not say.
+        needed: a lower bound on the bytes the file needs (what had been written when the device filled up).
+
+    Returns:
+        A :class:`DiskFullError` such as ``no space left on the device for runs/model.pt: it needs more than
+        1.9 MB, and 1.9 MB is free in runs; free some space (or write elsewhere) and run again.``
+    """
+    advice = "free some space (or write elsewhere) and run again."
+    if path is None:
+        return DiskFullError(f"no space left on the device (a write failed); {advice}")
+    folder = next((parent for parent in Path(path).parents if parent.is_dir()), Path.cwd())
+    free = f"{_size(shutil.disk_usage(folder).free)} is free in {folder}"
+    needs = f"it needs more than {_size(needed)}, and {free}" if needed else free
+    return DiskFullError(f"no space left on the device for {path}: {needs}; {advice}")
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -54,8 +112,13 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def bundle_error_in(error: BaseException) -> BundleError | None:
-    """The first :class:`BundleError` in ``error``'s chain of causes, or ``None``."""
-    return next((link for link in _chain(error) if isinstance(link, BundleError)), None)
+    """The first :class:`BundleError` in ``error``'s chain of causes (a full disk is one), or ``None``."""
+    for link in _chain(error):
+        if isinstance(link, BundleError):
+            return link
+        if is_disk_full(link):
+            return disk_full_error(link.filename)
+    return None
 
 
 def report_lines(error: BundleError) -> list[str]:
@@ -99,8 +162,10 @@ class _QuietLogger(logging.getLoggerClass()):  # type: ignore[misc]
 def install_excepthook(debug: bool | str = False) -> None:
     """Report uncaught :class:`BundleError` s as one line each; leave every other exception to the previous hook.
 
-    Also filters the terminal's logging handlers (see the module's description). Installing it twice keeps one
-    hook (the configs of a merged run may each call it).
+    Also filters the terminal's logging handlers (see the module's description), and reports a thread that dies
+    of such an error (TensorBoard's event writer on a full disk) the same way; a line already printed is not
+    printed again when the main thread ends with the same error. Installing it twice keeps one hook (the configs
+    of a merged run may each call it).
 
     Args:
         debug: also print the full traceback (``--debug true``); the environment variable ``UNET_MED_DEBUG=1``
@@ -108,18 +173,34 @@ def install_excepthook(debug: bool | str = False) -> None:
     """
     show_traceback = _debug_requested(debug)
     previous: Callable = getattr(sys.excepthook, "previous_hook", sys.excepthook)
+    previous_thread: Callable = getattr(threading.excepthook, "previous_hook", threading.excepthook)
+    printed: set[str] = set()
 
-    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    def report(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> bool:
+        """Print ``error``'s line(s) if it is ours (once); whether it was."""
         ours = bundle_error_in(error)
         if ours is None:
-            previous(kind, error, trace)
-            return
+            return False
         if show_traceback:
             traceback.print_exception(kind, error, trace, file=sys.stderr)
-        print("\n".join(report_lines(ours)), file=sys.stderr, flush=True)
+        text = "\n".join(report_lines(ours))
+        if text not in printed:
+            printed.add(text)
+            print(text, file=sys.stderr, flush=True)
+        return True
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if not report(kind, error, trace):
+            previous(kind, error, trace)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or not report(args.exc_type, args.exc_value, args.exc_traceback):
+            previous_thread(args)
 
     hook.previous_hook = previous  # type: ignore[attr-defined]
+    thread_hook.previous_hook = previous_thread  # type: ignore[attr-defined]
     sys.excepthook = hook
+    threading.excepthook = thread_hook
     if not show_traceback:
         for handler in _terminal_handlers():
             if not any(isinstance(f, _BundleErrorRecords) for f in handler.filters):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from unet_med.bundle.io import atomic_write
 
 __all__ = ["class_colour", "dice_per_class", "plot_dice_per_case", "plot_learning_curves", "plot_overlay"]
 
@@ -23,6 +26,15 @@ def _pyplot():
     from matplotlib import pyplot
 
     return pyplot
+
+
+def _save(fig: Any, path: str | os.PathLike, dpi: int) -> None:
+    """Write ``fig`` to ``path`` atomically (the format after its extension), then close it."""
+    try:
+        with atomic_write(path) as partial:  # the partial file ends with path's name, extension included
+            fig.savefig(partial, dpi=dpi)
+    finally:
+        _pyplot().close(fig)
 
 
 def class_colour(label: int) -> tuple[float, float, float, float]:
@@ -135,8 +147,7 @@ def plot_overlay(
     fig.legend(handles=handles, loc="center right", frameon=False, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def plot_learning_curves(
@@ -185,8 +196,7 @@ def plot_learning_curves(
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
 
 
 def plot_dice_per_case(dice: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
@@ -213,5 +223,4 @@ def plot_dice_per_case(dice: np.ndarray, class_names: Sequence[str], path: str |
     ax.set(ylabel="Dice", ylim=(0, 1.02), title=f"Dice per case ({dice.shape[0]} cases)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)

@@ -4,7 +4,10 @@ Atomic writes: a file is written beside its target under a hidden name, then ren
 
 A rename within one folder is atomic, so a reader sees either the previous file or the complete new one, never
 a half-written one, even when the writing process is killed. A killed write leaves its hidden partial file
-(``.partial-<random>-<name>``) behind, which is safe to delete.
+(``.partial-<random>-<name>``) behind, which is safe to delete. A write that fills its device removes its partial
+file and raises a :class:`~unet_med.bundle.errors.DiskFullError` naming the file and the space (one line on the
+terminal), whatever library was writing: MONAI's ``SaveImaged`` would report it as "cannot find a suitable
+writer", so predictions are saved with :class:`AtomicSaveImaged`, which keeps the error as it is.
 
 Checkpoints: :func:`save_checkpoint` writes through :func:`atomic_write`; :func:`load_checkpoint` reads with
 ``torch.load(..., weights_only=True)``: tensors, numbers, strings and plain containers only; anything else, and
@@ -27,11 +30,13 @@ from typing import Any
 
 import torch
 from monai.data import NibabelWriter
+from monai.transforms import SaveImaged
 
-from unet_med.bundle.errors import BundleError
+from unet_med.bundle.errors import BundleError, DiskFullError, disk_full_error, is_disk_full
 
 __all__ = [
     "AtomicNibabelWriter",
+    "AtomicSaveImaged",
     "CheckpointError",
     "atomic_write",
     "load_checkpoint",
@@ -41,7 +46,17 @@ __all__ = [
 ]
 
 PARTIAL_PREFIX = ".partial-"
+FULL_BELOW = 64 * 1024
+"""A write that fails with less free space than this (bytes) on its device failed for want of space."""
 logger = logging.getLogger(__name__)
+
+
+def _device_full(folder: Path) -> bool:
+    """Whether the device of ``folder`` has (nearly) no space left for this process's writes."""
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -58,6 +73,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
     Yields:
         The temporary path to write to.
+
+    Raises:
+        DiskFullError: if the device (or the quota) is full: ``path`` is left as it was.
     """
     path = Path(path)
     partial = path.with_name(f"{PARTIAL_PREFIX}{secrets.token_hex(6)}-{path.name}")
@@ -67,8 +85,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         with partial.open("rb+") as file:
             os.fsync(file.fileno())
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as error:
+        written = partial.stat().st_size if partial.exists() else 0
+        # torch.save reports a full device as a RuntimeError of its zip writer: the device, still holding the
+        # partial file, tells
+        full = is_disk_full(error) or (isinstance(error, Exception) and _device_full(partial.parent))
         partial.unlink(missing_ok=True)
+        if full:
+            raise disk_full_error(path, written) from error
         raise
 
 
@@ -80,6 +104,10 @@ class AtomicNibabelWriter(NibabelWriter):
     ``writer: unet_med.bundle.io.AtomicNibabelWriter``.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.disk_full: DiskFullError | None = None
+
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
         """Write the NIfTI file ``filename`` through a temporary file beside it.
 
@@ -87,11 +115,52 @@ class AtomicNibabelWriter(NibabelWriter):
             filename: the target file, e.g. ``outputs/case_seg.nii.gz``.
             verbose: log the progress.
             obj_kwargs: passed to ``NibabelWriter.write``.
+
+        Raises:
+            DiskFullError: if the device is full (also kept as :attr:`disk_full`).
         """
         if verbose:
             logger.info(f"writing: {filename}")
-        with atomic_write(filename) as partial:
-            super().write(partial, verbose=False, **obj_kwargs)
+        try:
+            with atomic_write(filename) as partial:
+                super().write(partial, verbose=False, **obj_kwargs)
+        except DiskFullError as error:
+            self.disk_full = error
+            raise
+
+
+class AtomicSaveImaged(SaveImaged):
+    """MONAI's ``SaveImaged`` writing through :class:`AtomicNibabelWriter`, that says when the disk is full.
+
+    MONAI's ``SaveImage`` catches any error of its writers, logs "<writer>: unable to write <file>" and raises
+    "cannot find a suitable writer" in its place; this one raises the writer's :class:`DiskFullError` instead,
+    and keeps that log line (its ``SaveImage`` logger's INFO records, which say nothing else) off the console.
+    It takes ``SaveImaged``'s arguments but ``writer``. MONAI Label, which leaves every ``SaveImaged`` out of the
+    bundles' postprocessing, leaves it out.
+    """
+
+    def __init__(self, keys: Any, **kwargs: Any) -> None:
+        self._writer: AtomicNibabelWriter | None = None
+        super().__init__(keys, writer=self._new_writer, **kwargs)
+        logging.getLogger(type(self.saver).__name__).setLevel(logging.WARNING)
+
+    def _new_writer(self, **kwargs: Any) -> AtomicNibabelWriter:
+        """A writer for one image (``SaveImage`` makes one per image), remembered for its error."""
+        self._writer = AtomicNibabelWriter(**kwargs)
+        return self._writer
+
+    def __call__(self, data: Any) -> Any:
+        """Save the images of ``data``, as ``SaveImaged`` does.
+
+        Raises:
+            DiskFullError: if the device is full; the file is left as it was.
+        """
+        try:
+            return super().__call__(data)
+        except RuntimeError:
+            if self._writer is None or self._writer.disk_full is None:
+                raise
+            raise self._writer.disk_full from None
 
 
 def move_aside(paths: Sequence[str | os.PathLike], when: float | None = None, copy: bool = False) -> list[Path]:
@@ -142,8 +211,8 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> N
         path: the file; its folder is created when missing.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as partial:
-        torch.save(checkpoint, partial)
+    with atomic_write(path) as partial, partial.open("wb") as file:  # closed, its space freed, even on an error
+        torch.save(checkpoint, file)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:

@@ -1,7 +1,8 @@
-"""One training at a time per output folder: a lock file with its owner, released when the process exits.
+"""One run at a time per output folder: a lock file with its owner, released when the process exits.
 
 Two trainings writing to the same ``models/`` would overwrite each other's best model and training state. The
-training configs call :func:`lock_folders` on their output folders before they build anything: it creates
+training configs call :func:`lock_folders` on their output folders before they build anything (inference on its
+``output_dir``, for the same reason): it creates
 ``<folder>/.unet-med.lock`` holding the owner's pid, host, start time and command line, with ``O_EXCL`` (so of
 two processes racing for it, one wins), and deletes it when the process exits. A second training finds the
 lock and is refused with one line naming the owner. A lock left by a killed process (``SIGKILL`` runs no exit
@@ -78,7 +79,7 @@ def _create(lock: Path, owner: dict) -> bool:
     return True
 
 
-def _acquire(folder: Path, owner: dict) -> None:
+def _acquire(folder: Path, owner: dict, run: str, options: str) -> None:
     lock = folder / LOCK_NAME
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,8 +103,8 @@ def _acquire(folder: Path, owner: dict) -> None:
         where = f"pid {holder['pid']} on {holder.get('host')}"
         advice = "" if same_host else f"; if it is over, delete {lock}"
         raise BundleError(
-            f"{lock}: another training ({where}, started {holder.get('started')}) writes to {folder}; wait for it "
-            f"to end or give this one other --ckpt_dir/--output_dir{advice}."
+            f"{lock}: another {run} ({where}, started {holder.get('started')}) writes to {folder}; wait for it "
+            f"to end or give this one other {options}{advice}."
         )
     if all(held != lock for held, _ in _held):
         _held.append((lock, made))
@@ -115,11 +116,15 @@ def _remove_partials(folder: Path) -> None:
         logger.info(f"Deleted {partial}, left by a write that was cut short.")
 
 
-def lock_folders(folders: Sequence[str | os.PathLike]) -> None:
+def lock_folders(
+    folders: Sequence[str | os.PathLike], run: str = "training", options: str = "--ckpt_dir/--output_dir"
+) -> None:
     """Lock ``folders`` for this process (created when missing) until it exits; clean up cut-short writes.
 
     Args:
-        folders: the training's output folders, e.g. ``[ckpt_dir, output_dir]`` (duplicates are locked once).
+        folders: the run's output folders, e.g. ``[ckpt_dir, output_dir]`` (duplicates are locked once).
+        run: what the run is, for the refusal of a second one ("another training ...").
+        options: the options that give a run other folders, for the same message.
 
     Raises:
         BundleError: if another running process holds the lock of one of them; the locks taken before are
@@ -133,7 +138,7 @@ def lock_folders(folders: Sequence[str | os.PathLike]) -> None:
     unique = list(dict.fromkeys(Path(folder).resolve() for folder in folders))
     try:
         for folder in unique:
-            _acquire(folder, owner)
+            _acquire(folder, owner, run, options)
     except BundleError:
         release()
         raise

@@ -1,7 +1,9 @@
-"""What a training run shows while it runs: a progress bar per epoch, or plain lines, and its log file.
+"""What a run shows while it runs: a progress bar, or plain lines, and its log file.
 
-:class:`EpochProgress` draws one tqdm bar per epoch (iterations, running mean loss, seconds per iteration,
-time left) or, in ``lines`` mode, logs one line per iteration as MONAI's ``StatsHandler`` does.
+:class:`EpochProgress` draws one tqdm bar per training epoch (iterations, running mean loss, seconds per
+iteration, time left) or, in ``lines`` mode, logs one line per iteration as MONAI's ``StatsHandler`` does.
+:class:`ScanProgress` does the same for the scans of an inference or evaluation run: one bar over all of them
+(the case last done, time left), or one line per scan.
 :class:`RunLog` copies every log record of the run into a file and keeps the console to what a person reads:
 the engines' routine messages and the per-iteration lines (when a bar shows them) go to the file only.
 """
@@ -11,9 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["ITERATION_LOGGER", "PROGRESS_MODES", "EpochProgress", "RunLog", "progress_mode"]
+__all__ = ["ITERATION_LOGGER", "PROGRESS_MODES", "EpochProgress", "RunLog", "ScanProgress", "progress_mode"]
 
 PROGRESS_MODES = ("auto", "bar", "lines")
 ITERATION_LOGGER = "unet_med.bundle.iterations"
@@ -39,6 +41,13 @@ def progress_mode(progress: str, stream: TextIO | None = None) -> str:
     return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
 
 
+def _bar(total: int, desc: str, unit: str, stream: TextIO | None) -> Any:
+    """A tqdm bar of ``total`` steps on ``stream`` (``sys.stdout``, the console log's stream, by default)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=True, file=stream or sys.stdout, dynamic_ncols=True)
+
+
 class EpochProgress:
     """A tqdm bar per epoch, or one log line per iteration.
 
@@ -60,10 +69,7 @@ class EpochProgress:
         self._losses = []
         self._epoch = (epoch, max_epochs, iterations)
         if self.mode == "bar":
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=iterations, desc=f"epoch {epoch}/{max_epochs}", unit="it", leave=True,
-                             file=self.stream or sys.stdout, dynamic_ncols=True)
+            self._bar = _bar(iterations, f"epoch {epoch}/{max_epochs}", "it", self.stream)
 
     def update(self, iteration: int, loss: float) -> None:
         """Record iteration ``iteration`` (1-based, within the epoch) and its loss."""
@@ -76,6 +82,44 @@ class EpochProgress:
 
     def close(self) -> None:
         """Finish the current bar, if one is drawn."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class ScanProgress:
+    """A tqdm bar over the scans of an inference or evaluation run, or one log line per scan.
+
+    Args:
+        mode: ``bar`` or ``lines`` (see :func:`progress_mode`).
+        stream: where the bar is drawn; ``sys.stdout`` (the console log's stream) by default.
+    """
+
+    def __init__(self, mode: str, stream: TextIO | None = None) -> None:
+        self.mode = mode
+        self.stream = stream
+        self.logger = logging.getLogger(ITERATION_LOGGER)
+        self.done = 0
+        self.total = 0
+        self._bar = None
+
+    def start(self, scans: int, desc: str) -> None:
+        """Begin a run of ``scans`` scans, the bar labelled ``desc`` (``segmenting``, ``evaluating``)."""
+        self.close()
+        self.done, self.total = 0, scans
+        if self.mode == "bar":
+            self._bar = _bar(scans, desc, "scan", self.stream)
+
+    def update(self, case: str, seconds: float) -> None:
+        """Record that the scan ``case`` is done, after ``seconds``."""
+        self.done += 1
+        self.logger.info(f"scan {self.done}/{self.total}  {case}  {seconds:.1f} s")
+        if self._bar is not None:
+            self._bar.set_postfix_str(case, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Finish the bar, if one is drawn."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -99,25 +143,28 @@ class _QuietConsole(logging.Filter):
 
 
 class RunLog:
-    """Copies every log record into ``path`` and quiets the console handlers of the root logger.
+    """Copies every log record into ``path`` (if given) and quiets the console handlers of the root logger.
 
     The console (the root logger's stream handlers, as the bundles' ``logging.conf`` sets them up) keeps
     warnings, errors and the report's lines; the ignite engines' routine INFO messages ("Epoch[1] Complete",
     "Saved the training state ...") and, with ``hide_iterations``, the per-iteration lines are written to the
-    file alone. :meth:`close` restores the console and closes the file.
+    file alone (dropped without a file). :meth:`close` restores the console and closes the file.
 
     Args:
-        path: the log file; appended to, so that a resumed run continues it.
+        path: the log file, appended to, so that a resumed run continues it; ``None`` for none.
         hide_iterations: keep the per-iteration lines off the console (a progress bar shows them).
     """
 
-    def __init__(self, path: str | Path, hide_iterations: bool) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None, hide_iterations: bool) -> None:
+        self.path = None if path is None else Path(path)
         root = logging.getLogger()
-        self._file = logging.FileHandler(self.path, encoding="utf-8")
-        self._file.setFormatter(logging.Formatter(FILE_FORMAT))
-        self._file.setLevel(logging.INFO)
+        self._file: logging.Handler | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = logging.FileHandler(self.path, encoding="utf-8")
+            self._file.setFormatter(logging.Formatter(FILE_FORMAT))
+            self._file.setLevel(logging.INFO)
+            root.addHandler(self._file)
         self._filter = _QuietConsole(hide_iterations)
         self._consoles = [
             handler for handler in root.handlers
@@ -125,7 +172,6 @@ class RunLog:
         ]
         for handler in self._consoles:
             handler.addFilter(self._filter)
-        root.addHandler(self._file)
         self._level = root.level
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)
@@ -134,8 +180,9 @@ class RunLog:
     def close(self) -> None:
         """Stop copying records to the file and give the console back its usual messages."""
         root = logging.getLogger()
-        root.removeHandler(self._file)
         root.setLevel(self._level)
-        self._file.close()
+        if self._file is not None:
+            root.removeHandler(self._file)
+            self._file.close()
         for handler in self._consoles:
             handler.removeFilter(self._filter)

@@ -5,6 +5,9 @@
   :mod:`unet_med.bundle.progress`), logs one line per epoch with the loss and the validation Dice of each class,
   writes ``training_log.csv``, ``training.log`` and the figures, and prints a summary however the run ends:
   finished, interrupted (Ctrl-C) or already finished before it started.
+- :class:`ScanReport`, attached to the evaluator of an inference or evaluation run, shows its progress scan by
+  scan, keeps the engines' routine messages off the console and, for inference, sums the run up: the scans
+  segmented, where their predictions are, the time.
 - :class:`EvaluationReport`, attached to an evaluator, writes the Dice of every case and class, their
   statistics and a plot of them.
 """
@@ -31,7 +34,7 @@ from monai.utils import string_list_all_gather
 
 from unet_med.bundle.figures import plot_dice_per_case, plot_learning_curves, plot_overlay
 from unet_med.bundle.io import atomic_write
-from unet_med.bundle.progress import EpochProgress, RunLog, progress_mode
+from unet_med.bundle.progress import EpochProgress, RunLog, ScanProgress, progress_mode
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -39,7 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EvaluationReport",
+    "ScanReport",
     "TrainingReport",
+    "case_name",
     "class_names",
     "dice_text",
     "format_duration",
@@ -85,6 +90,12 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def case_name(item: Mapping[str, Any], image_key: str = "image") -> str:
+    """The name of the case of a batch item: its image's file name without ``.nii``/``.nii.gz`` (or folder name)."""
+    path = str(getattr(item[image_key], "meta", {}).get("filename_or_obj", "")) or "case"
+    return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 
 
 def dice_text(scores: Mapping[str, float | None], mean: float | None) -> str:
@@ -393,14 +404,94 @@ class TrainingReport:
         raise error
 
 
+class ScanReport:
+    """Evaluator handler: the progress of an inference or evaluation run, scan by scan, and how it ended.
+
+    While the evaluator runs, a tqdm bar counts the scans done (the last one's name, the time left), or, in
+    ``lines`` mode, one line per scan gives its name and time; the engines' routine messages ("Epoch[1]
+    Complete", "Got new best metric ...") stay off the console. With ``output_dir`` (inference), the run ends
+    with a summary: ``segmented 30 scans in 4m 05s: predictions in /data/outputs``, or, after Ctrl-C or an
+    error, how many of the scans were segmented before it stopped (each of their files is complete).
+
+    Args:
+        progress: ``auto``, ``bar`` or ``lines`` (see :func:`unet_med.bundle.progress.progress_mode`).
+        output_dir: where the predictions go, for the summary; ``None`` for none (evaluation: its
+            :class:`EvaluationReport` sums it up).
+        dicom_seg: the run writes a DICOM SEG beside each NIfTI prediction.
+        image_key: key of the image in a batch item, whose metadata name the case.
+    """
+
+    def __init__(self, progress: str = "auto", output_dir: str | os.PathLike | None = None,
+                 dicom_seg: bool | str = False, image_key: str = "image") -> None:
+        from unet_med.bundle.flags import as_bool
+
+        self.progress = ScanProgress(progress_mode(progress))
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.dicom_seg = as_bool(dicom_seg, "dicom_seg")
+        self.image_key = image_key
+        self._log: RunLog | None = None
+        self._start = self._scan_start = time.monotonic()
+
+    def attach(self, engine: Engine) -> None:
+        """Show ``engine``'s scans as they are done; sum up when it ends, however it ends.
+
+        List it before MONAI's ``StatsHandler``, which re-raises an error before later handlers of the event see it.
+        """
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._scan_done)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception_raised)
+
+    def _started(self, engine: Engine) -> None:
+        self._log = RunLog(None, hide_iterations=self.progress.mode == "bar")
+        self._start = self._scan_start = time.monotonic()
+        task = "evaluating" if self.output_dir is None else "segmenting"
+        self.progress.start(engine.state.epoch_length, task)
+
+    def _scan_done(self, engine: Engine) -> None:
+        now = time.monotonic()
+        for item in engine.state.batch:
+            self.progress.update(case_name(item, self.image_key), now - self._scan_start)
+        self._scan_start = now
+
+    def summary(self, outcome: str) -> str:
+        """The closing line of an inference run: ``finished``, ``interrupted`` or ``failed``."""
+        done, total = self.progress.done, self.progress.total
+        seconds = format_duration(time.monotonic() - self._start)
+        formats = "NIfTI and DICOM SEG " if self.dicom_seg else ""
+        where = f"{formats}predictions in {self.output_dir}"
+        if outcome == "finished":
+            return f"segmented {done} scans in {seconds}: {where}"
+        cause = "interrupted" if outcome == "interrupted" else "stopped by an error"
+        line = f"inference {cause} after {done} of {total} scans ({seconds})"
+        return f"{line}: their {where} are complete, the others not written" if done else line
+
+    def _end(self, outcome: str) -> None:
+        self.progress.close()
+        if self._log is None:
+            return
+        self._log.close()
+        self._log = None
+        if self.output_dir is not None:
+            _LOGGER.info(self.summary(outcome))
+
+    def _completed(self, engine: Engine) -> None:
+        self._end("finished")
+
+    def _exception_raised(self, engine: Engine, error: BaseException) -> None:
+        """Close the bar and sum up once (ignite may hand an error to this event twice), then let it go on."""
+        self._end("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        raise error
+
+
 class EvaluationReport:
     """Ignite handler that writes the Dice of every case and class when an evaluator finishes.
 
     In ``output_dir`` it writes ``dice_per_case.csv`` (``case, <class>..., mean``), ``metrics.csv`` (the mean,
     median, standard deviation, minimum and maximum over the cases of each column) and ``dice_per_case.png``,
-    and logs the mean Dice of each class. The per-case scores are the details of the evaluator's key metric
-    (``MeanDice`` with ``include_background=False`` and ``save_details=True``, as the bundles configure it);
-    under ``torchrun`` every process takes part and rank 0 writes the files.
+    and logs the mean Dice of each class and the time taken. The per-case scores are the details of the
+    evaluator's key metric (``MeanDice`` with ``include_background=False`` and ``save_details=True``, as the
+    bundles configure it); under ``torchrun`` every process takes part and rank 0 writes the files.
 
     Args:
         output_dir: where the files go.
@@ -413,17 +504,20 @@ class EvaluationReport:
         self.class_names = list(class_names)
         self.image_key = image_key
         self._cases: list[str] = []
+        self._start_time = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
         """Record the case names of ``engine``'s batches and write the report when its epoch completes."""
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._cases.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_cases)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
+    def _start(self, engine: Engine) -> None:
+        self._cases.clear()
+        self._start_time = time.monotonic()
+
     def _record_cases(self, engine: Engine) -> None:
-        for item in engine.state.batch:
-            name = str(item[self.image_key].meta.get("filename_or_obj", f"case {len(self._cases)}"))
-            self._cases.append(Path(name).name.removesuffix(".gz").removesuffix(".nii"))
+        self._cases.extend(case_name(item, self.image_key) for item in engine.state.batch)
 
     def __call__(self, engine: Engine) -> None:
         """Gather the cases of every process and, on rank 0, write the CSVs and the plot."""
@@ -444,7 +538,8 @@ class EvaluationReport:
                   ["statistic", *columns])
         plot_dice_per_case(dice, self.class_names, self.output_dir / "dice_per_case.png")
         means = dict(zip(self.class_names, map(float, stats["mean"][:-1])))
-        _LOGGER.info(f"evaluated {len(cases)} cases  Dice  {dice_text(means, float(np.nanmean(dice)))}")
+        seconds = format_duration(time.monotonic() - self._start_time)
+        _LOGGER.info(f"evaluated {len(cases)} cases in {seconds}  Dice  {dice_text(means, float(np.nanmean(dice)))}")
         _LOGGER.info(f"Dice per case: {self.output_dir / 'dice_per_case.csv'} and .png; statistics: "
                      f"{self.output_dir / 'metrics.csv'}")
 

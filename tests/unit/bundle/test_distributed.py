@@ -15,7 +15,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHa
 from torch.nn.parallel import DistributedDataParallel
 
 from unet_med.bundle import distributed
-from unet_med.bundle.report import TrainingReport
+from unet_med.bundle.report import EvaluationReport, ScanReport, TrainingReport
 
 
 @pytest.fixture
@@ -66,6 +66,8 @@ def test_multi_gpu_configs_build(name, kind, one_process_group, tmp_path, bundle
         evaluator = workflow.parser.get_parsed_content("validate#evaluator")
         assert isinstance(evaluator.data_loader.sampler, DistributedSampler)
         if kind == "evaluate":
+            handlers = [type(h) for h in workflow.parser.get_parsed_content("validate#handlers")]
+            assert ScanReport in handlers and EvaluationReport in handlers  # rank 0 keeps them
             return
         trainer = workflow.parser.get_parsed_content("train#trainer")
         assert isinstance(trainer.data_loader.sampler, DistributedSampler)

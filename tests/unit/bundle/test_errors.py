@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import textwrap
 
-from unet_med.bundle.errors import BundleError, bundle_error_in, report_lines
+from unet_med.bundle.errors import BundleError, DiskFullError, bundle_error_in, report_lines
 
 # A user mistake raised where MONAI's ConfigWorkflow would raise it: inside an item's evaluation, re-raised as
 # RuntimeError("Failed to evaluate ...") from it, while an engine logs it on the way out.
@@ -66,3 +68,41 @@ def test_the_error_is_found_in_the_chain_of_causes():
         assert bundle_error_in(wrapped) is ours
     assert bundle_error_in(RuntimeError("other")) is None
     assert report_lines(ours) == ["unet-med: a: b", "unet-med: c: d"]
+
+
+def test_a_full_device_anywhere_in_the_chain_is_a_bundle_error(tmp_path):
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "cache" / "x.pt"))
+    try:
+        try:
+            raise full
+        except OSError as err:
+            raise RuntimeError("Failed to evaluate ...") from err
+    except RuntimeError as wrapped:
+        found = bundle_error_in(wrapped)
+    assert isinstance(found, DiskFullError)
+    assert str(found).startswith(f"no space left on the device for {tmp_path / 'cache' / 'x.pt'}: ")
+    assert f" is free in {tmp_path};" in str(found)
+    unnamed = bundle_error_in(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert str(unnamed) == ("no space left on the device (a write failed); free some space (or write elsewhere) and "
+                            "run again.")
+    assert bundle_error_in(OSError(errno.EACCES, os.strerror(errno.EACCES))) is None
+
+
+def test_a_thread_dying_of_a_full_disk_and_the_run_it_stops_give_one_line(child_env):
+    code = textwrap.dedent("""
+        import errno, os, threading
+        from unet_med.bundle.errors import install_excepthook
+        install_excepthook(False)
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        def write():  # a background writer, as TensorBoard's, whose error the main thread raises again
+            raise full
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+        raise RuntimeError("Failed to evaluate ...") from full
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "unet-med: no space left on the device (a write failed); free some space (or write elsewhere) and run again."
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+from unet_med.bundle.errors import DiskFullError
 from unet_med.bundle.io import CheckpointError, atomic_write, load_checkpoint, move_aside, save_checkpoint
 
 
@@ -92,3 +94,21 @@ def test_move_aside_keeps_files_under_previous_and_the_time_of_the_last_write(tm
         tmp_path / "models" / "previous" / stamp / "model.pt",
     ]
     assert moved[0].read_text() == "epoch\n1\n" and not log.exists() and not model.exists()
+
+
+def test_a_full_device_is_named_with_the_file_and_leaves_it_as_it_was(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the previous model")
+    with pytest.raises(DiskFullError) as error, atomic_write(target) as partial:
+        partial.write_bytes(b"x" * 2048)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what the next write of a full device raises
+    assert str(error.value).startswith(f"no space left on the device for {target}: it needs more than 2.0 kB, and ")
+    assert f" is free in {tmp_path}; free some space" in str(error.value)
+    assert target.read_bytes() == b"the previous model" and os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_other_write_errors_stay_as_they_are(tmp_path):
+    with pytest.raises(OSError, match="Permission denied") as error, atomic_write(tmp_path / "x") as partial:
+        partial.write_bytes(b"x")
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+    assert not isinstance(error.value, DiskFullError) and not os.listdir(tmp_path)

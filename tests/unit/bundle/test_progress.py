@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from unet_med.bundle.progress import ITERATION_LOGGER, EpochProgress, RunLog, progress_mode
+from unet_med.bundle.progress import ITERATION_LOGGER, EpochProgress, RunLog, ScanProgress, progress_mode
 
 
 class Terminal(io.StringIO):
@@ -59,3 +59,35 @@ def test_run_log_keeps_engine_messages_and_iterations_off_the_console(tmp_path):
     text = (tmp_path / "training.log").read_text()
     assert all(line in text for line in ("Epoch[1] Complete.", "a warning", "train_loss: 1.0", "epoch 1/2"))
     assert "after the run" not in text
+
+
+def test_scan_bar_counts_the_scans_and_names_the_last(caplog):
+    stream = Terminal()
+    progress = ScanProgress("bar", stream)
+    progress.start(scans=3, desc="segmenting")
+    with caplog.at_level(logging.INFO, logger=ITERATION_LOGGER):
+        progress.update("case_001", 1.25)
+        progress.update("case_002", 0.5)
+    progress.close()
+    shown = stream.getvalue().split("\r")[-1]
+    assert shown.startswith("segmenting:  67%") and "2/3" in shown and "case_002" in shown and "scan/s" in shown
+    assert [record.getMessage() for record in caplog.records] == ["scan 1/3  case_001  1.2 s",
+                                                                  "scan 2/3  case_002  0.5 s"]
+    assert (progress.done, progress.total) == (2, 3)
+
+
+def test_run_log_without_a_file_only_quiets_the_console():
+    console = logging.StreamHandler(sys.stdout)
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(console)
+    seen = []
+    console.emit = seen.append
+    try:
+        log = RunLog(None, hide_iterations=False)
+        logging.getLogger("ignite.engine.engine.SupervisedEvaluator").info("Got new best metric of val_mean_dice: 0.8")
+        logging.getLogger(ITERATION_LOGGER).info("scan 1/1  case_001  0.3 s")
+        log.close()
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
+    assert [record.getMessage() for record in seen] == ["scan 1/1  case_001  0.3 s"]

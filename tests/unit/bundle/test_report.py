@@ -10,7 +10,15 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from unet_med.bundle.report import TrainingReport, class_names, dice_text, format_duration, summary_lines, write_csv
+from unet_med.bundle.report import (
+    ScanReport,
+    TrainingReport,
+    class_names,
+    dice_text,
+    format_duration,
+    summary_lines,
+    write_csv,
+)
 
 NAMES = ["Anterior", "Posterior"]
 
@@ -120,3 +128,33 @@ def test_a_run_found_finished_says_so(tmp_path, caplog):
     trainer.run([0, 1], max_epochs=2)
     assert "nothing to train: the saved training state has finished all 2 of 2 epochs" in caplog.text
     assert "best validation Dice (epoch 2)" in caplog.text
+
+
+def test_an_inference_run_sums_up_however_it_ends(tmp_path, caplog):
+    from monai.data import MetaTensor
+
+    scans = [[{"image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"/in/case_{i}.nii.gz"})}]
+             for i in range(3)]
+
+    def run(stop_at: int) -> None:
+        def segment(engine, batch):
+            if engine.state.iteration == stop_at:
+                raise KeyboardInterrupt
+            return batch
+
+        engine = Engine(segment)
+        ScanReport("lines", output_dir=tmp_path, dicom_seg="true").attach(engine)
+        engine.run(scans)
+
+    with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
+        run(stop_at=3)
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("unet_med")]
+    assert [line.split("  ")[:2] for line in lines[:2]] == [["scan 1/3", "case_0"], ["scan 2/3", "case_1"]]
+    assert lines[2].startswith("inference interrupted after 2 of 3 scans (")
+    assert lines[2].endswith(f"): their NIfTI and DICOM SEG predictions in {tmp_path} are complete, the others not "
+                             "written")
+    with caplog.at_level(logging.INFO):
+        run(stop_at=0)
+    last = [record.getMessage() for record in caplog.records if record.name.startswith("unet_med")][-1]
+    assert last.startswith("segmented 3 scans in ")
+    assert last.endswith(f": NIfTI and DICOM SEG predictions in {tmp_path}")
