@@ -44,6 +44,10 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["--patch_size", "[32,48]"], "unet-med: --patch_size [32, 48]: expected 3 whole numbers of at least 1"),
         (["--amp", "maybe"], "unet-med: --amp must be auto, true or false, got 'maybe'."),
         (["--device", "cuda"], "unet-med: --device cuda: this machine has no usable CUDA GPU"),
+        (["--num_workers", "-1"], "unet-med: --num_workers -1: expected a whole number of at least 0."),
+        (["--epoch", "3"], "unet-med: --epoch: configs/train.yaml defines no such option; did you mean --epochs? "
+                           "python -m unet_med.bundle.options configs/train.yaml lists them"),
+        (["--foo", "1"], "unet-med: --foo: configs/train.yaml defines no such option; python -m"),
     ],
 )
 def test_a_wrong_option_is_one_line_before_anything_is_built(override, message, tmp_path, bundle_dirs, bundle_cli):
