@@ -130,6 +130,7 @@ def summary_lines(
     files: Mapping[str, str],
     overrides: str = "",
     kept_score: float | None = None,
+    precision: str = "",
 ) -> list[str]:
     """The end-of-run summary, one line each.
 
@@ -145,6 +146,7 @@ def summary_lines(
         overrides: command-line options the next commands need too (e.g. ``--ckpt_dir ...``).
         kept_score: the validation score of the ``model.pt`` found before this run, when no epoch beat it (the
             file is still that model).
+        precision: the device and precision trained in (:func:`unet_med.bundle.precision.precision_text`).
     """
     head = {
         "finished": f"training finished: {epoch} of {max_epochs} epochs in {format_duration(seconds)}",
@@ -154,7 +156,7 @@ def summary_lines(
         "already finished": f"nothing to train: the saved training state has finished all {epoch} of "
         f"{max_epochs} epochs",
     }[outcome]
-    lines = [head]
+    lines = [head] + ([f"trained on {precision}"] if precision and outcome != "already finished" else [])
     validated = [row for row in history if row.get(mean_key) is not None]
     if validated:
         best = max(validated, key=lambda row: row[mean_key])
@@ -200,6 +202,8 @@ class TrainingReport:
         class_names: the foreground classes, in label order (see :func:`class_names`).
         ckpt_dir: where the trainer's checkpoints are (``model.pt``, ``checkpoint_latest.pt``), for the summary.
         progress: ``auto``, ``bar`` or ``lines``.
+        precision: the device and precision the trainer computes in, logged first when training starts (on the
+            console and in ``training.log``) and repeated in the summary.
         per_class_metric: the validator's metric with one Dice per foreground class.
         output_transform: maps the trainer's ``state.output`` to the loss of one iteration.
         image_key: key of the image in the validator's post-processed output items.
@@ -214,6 +218,7 @@ class TrainingReport:
         class_names: Sequence[str],
         ckpt_dir: str | os.PathLike = "models",
         progress: str = "auto",
+        precision: str = "",
         per_class_metric: str = "val_dice_per_class",
         output_transform: Callable = from_engine(["loss"], first=True),  # noqa: B008
         image_key: str = "image",
@@ -225,6 +230,7 @@ class TrainingReport:
         self.class_names = list(class_names)
         self.ckpt_dir = Path(ckpt_dir)
         self.progress = EpochProgress(progress_mode(progress))
+        self.precision = precision
         self.per_class_metric = per_class_metric
         self.output_transform = output_transform
         self.keys = (image_key, pred_key, label_key)
@@ -274,6 +280,8 @@ class TrainingReport:
         """Open the log; take over the rows of the epochs a resumed run has done (its loader ran on STARTED)."""
         self._log = RunLog(self.output_dir / "training.log", hide_iterations=self.progress.mode == "bar")
         self._start, self._start_epoch = time.monotonic(), engine.state.epoch
+        if self.precision:
+            _LOGGER.info(f"training on {self.precision}")
         self.history = []
         # A validation before the first epoch (the score of the model on disk, see BestModelGuard) is no epoch's.
         self._validation, self._sample = None, None
@@ -369,7 +377,7 @@ class TrainingReport:
         epoch = self.history[-1]["epoch"] if self.history else engine.state.epoch
         lines = summary_lines(outcome, epoch, engine.state.max_epochs, self.history, self.class_names,
                               self.metric_name, time.monotonic() - self._start, self._files(), overrides,
-                              self.kept_score)
+                              self.kept_score, self.precision)
         _LOGGER.info("\n".join(["", *lines]))
         if self._log is not None:
             self._log.close()
