@@ -154,9 +154,11 @@ def summary_lines(
         "continue it with --resume true",
         "failed": f"training stopped by an error after {epoch} of {max_epochs} epochs ({format_duration(seconds)})",
         "already finished": f"nothing to train: the saved training state has finished all {epoch} of "
-        f"{max_epochs} epochs",
+        f"{max_epochs} epochs; to train longer, run again with --resume true --epochs <more than {max_epochs}>",
     }[outcome]
-    lines = [head] + ([f"trained on {precision}"] if precision and outcome != "already finished" else [])
+    if outcome == "already finished":
+        return [head]
+    lines = [head] + ([f"trained on {precision}"] if precision else [])
     validated = [row for row in history if row.get(mean_key) is not None]
     if validated:
         best = max(validated, key=lambda row: row[mean_key])
@@ -175,6 +177,17 @@ def summary_lines(
     return lines
 
 
+class _FreshStartRecords(logging.Filter):
+    """Drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh.
+
+    MONAI's engines set up their state before ignite runs them, so ignite takes every run for a resumed one; the
+    line of a real resume (from epoch 1 or later) stays.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 ")
+
+
 class TrainingReport:
     """Ignite handler that shows, records and summarises a training run (on the process that prints).
 
@@ -189,8 +202,10 @@ class TrainingReport:
       after epoch ``n`` keeps the rows up to ``n``);
     - when training ends, writes ``learning_curves.png`` and ``validation_overlay.png`` (a slice of the last
       validation case, its ground truth and prediction, with its Dice) and logs a summary: how the run ended
-      (finished, interrupted by Ctrl-C or an error, or found already finished), the best Dice per class and
-      its epoch, where the model and the logs are, the wall time and the commands to run next.
+      (finished, interrupted by Ctrl-C or an error), the device and precision, the best Dice per class and
+      its epoch, where the model and the logs are, the wall time and the commands to run next; a run found
+      already finished (``--resume true`` after the last epoch) says only that, and how to train longer;
+    - drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh.
 
     List it after the trainer's ``ValidationHandler``, so that an epoch's validation is done when its row is
     written.
@@ -268,6 +283,8 @@ class TrainingReport:
 
     def attach(self, engine: Engine) -> None:
         """Show and record ``engine``'s epochs and the validator's results; summarise when ``engine`` ends."""
+        for logger in (engine.logger, self.validator.logger):
+            logger.addFilter(_FreshStartRecords())
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch_bar)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)

@@ -126,5 +126,21 @@ def test_a_run_found_finished_says_so(tmp_path, caplog):
     caplog.clear()
     TrainingReport(report.validator, tmp_path / "runs", NAMES, progress="lines").attach(trainer)
     trainer.run([0, 1], max_epochs=2)
-    assert "nothing to train: the saved training state has finished all 2 of 2 epochs" in caplog.text
-    assert "best validation Dice (epoch 2)" in caplog.text
+    summary = caplog.text[caplog.text.index("nothing to train"):]
+    assert summary.splitlines()[0] == ("nothing to train: the saved training state has finished all 2 of 2 epochs; "
+                                       "to train longer, run again with --resume true --epochs <more than 2>")
+    assert "best validation" not in summary and "next:" not in summary  # that line alone
+
+
+def test_a_fresh_run_is_not_logged_as_resumed(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    trainer = Engine(lambda engine, batch: [{"loss": torch.tensor(1.0)}])
+    validator = Engine(lambda engine, batch: None)
+    validator.state.key_metric_name = "val_mean_dice"
+    TrainingReport(validator, tmp_path / "runs", NAMES, progress="lines").attach(trainer)
+    trainer.state.max_epochs, trainer.state.epoch_length = 2, 2  # as MONAI's trainers set up their state
+    trainer.run([0, 1])
+    assert "training finished: 2 of 2 epochs" in caplog.text
+    assert "Engine run resuming" not in caplog.text
+    trainer.run([0, 1], max_epochs=3)  # a real resume keeps ignite's line
+    assert "Engine run resuming from iteration 4, epoch 2 until 3 epochs" in caplog.text
