@@ -248,7 +248,7 @@ def option_lines(config_files: Sequence[str | Path], width: int = 100) -> list[s
         comments.update(_comments(path))
     lines = []
     for key, value in parser.get().items():
-        if isinstance(value, (Mapping, list)) or key in MONAI_IDS:
+        if isinstance(value, (Mapping, list)):
             continue
         shown = "null" if value is None else str(value)
         shown = shown if len(shown) <= width - len(key) - 3 else shown[: width - len(key) - 6] + "..."

@@ -133,6 +133,7 @@ def test_the_option_list_shows_each_option_with_its_default_and_comment(bundle_d
     configs = bundle_dirs["3d"] / "configs"
     lines = option_lines([configs / "train.yaml", configs / "evaluate.yaml"])
     assert "--epochs null" in lines and "--val_interval 4" in lines
+    assert "--output_dir $@bundle_root + '/eval'" in lines  # evaluate.yaml's value, merged over train.yaml's
     assert "--tta False" in lines  # evaluate.yaml's option, merged
     amp = lines.index("--amp auto")
     assert lines[amp + 1].startswith("    auto: mixed precision on CUDA")
