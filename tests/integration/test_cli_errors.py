@@ -94,3 +94,20 @@ def test_a_broken_symlink_is_named_by_its_own_path(tmp_path, samples, bundle_dir
     )
     assert hashes(data) == before and not (tmp_path / "models").exists()
     assert json.loads((data / "dataset.json").read_text())
+
+
+def test_a_one_case_data_set_is_refused_before_planning(tmp_path, samples, bundle_dirs, bundle_cli):
+    data = tmp_path / "data"
+    for kind in ("imagesTr", "labelsTr"):
+        (data / kind).mkdir(parents=True)
+        shutil.copy(samples / kind / "hippocampus_001.nii.gz", data / kind)
+    description = json.loads((samples / "dataset.json").read_text())
+    description["training"] = [case for case in description["training"] if "hippocampus_001." in case["image"]]
+    description["numTraining"] = 1
+    (data / "dataset.json").write_text(json.dumps(description))
+    result = bundle_cli(
+        bundle_dirs["3d"], "configs/train.yaml", tmp_path, "runs", "--dataset_dir", str(data), check=False
+    )
+    assert one_line_error(result) == (f"unet-med: {data / 'dataset.json'} lists 1 training case(s): training needs "
+                                      "at least 2, cases to train on and one to validate on")
+    assert "fingerprint" not in result.stdout + result.stderr and not (tmp_path / "models").exists()
