@@ -297,7 +297,7 @@ class TrainingReport:
         """Open the log; take over the rows of the epochs a resumed run has done (its loader ran on STARTED)."""
         self._log = RunLog(self.output_dir / "training.log", hide_iterations=self.progress.mode == "bar")
         self._start, self._start_epoch = time.monotonic(), engine.state.epoch
-        if self.precision:
+        if self.precision and engine.state.epoch < engine.state.max_epochs:
             _LOGGER.info(f"training on {self.precision}")
         self.history = []
         # A validation before the first epoch (the score of the model on disk, see BestModelGuard) is no epoch's.
