@@ -6,7 +6,7 @@ import locale
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,20 @@ def _interpreter_locale() -> None:
     templates with it). Function fixtures are set up after the session's, so this one runs after any writer.
     """
     locale.setlocale(locale.LC_ALL, INTERPRETER_LOCALE)
+
+
+def _files_under(folders: Sequence[Path]) -> set[Path]:
+    return {path for folder in folders for path in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clone_stays_clean() -> Iterator[None]:
+    """Fails the session if a test left a file in the bundles or the sample data (tests write to tmp folders)."""
+    folders = [ROOT / "bundles", ROOT / "data_samples"]
+    before = _files_under(folders)
+    yield
+    added = sorted(str(path.relative_to(ROOT)) for path in _files_under(folders) - before)
+    assert not added, f"tests wrote into the checkout: {', '.join(added[:10])}"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -171,7 +172,12 @@ def test_ctrl_c_prints_the_summary(tmp_path, bundle_dirs, child_env):
                 break
         output += process.stdout.readlines()
     text = "".join(output)
-    assert process.returncode != 0, text[-3000:]
+    assert process.returncode == -signal.SIGINT, text[-3000:]  # 130 in a shell
+    assert "Traceback" not in text, text[-3000:]
+    # what comes before: the plan table with the command line's epochs, the precision, no echo or false resume
+    assert re.search(r"^epochs +8 +set on the command line \(the file had \d+\)$", text, re.MULTILINE), text[:5000]
+    assert "training on cpu, float32 (--amp false: float32 asked for)" in text
+    assert "input summary" not in text and "Engine run resuming" not in text, text[:5000]
     assert "training interrupted after 1 of 8 epochs" in text and "continue it with --resume true" in text, text[-3000:]
     assert "best validation Dice (epoch 1): Anterior " in text
     assert f"model         {tmp_path / 'models' / 'model.pt'}" in text

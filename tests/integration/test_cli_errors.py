@@ -46,6 +46,10 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["--patch_size", "[32,48]"], "unet-med: --patch_size [32, 48]: expected 3 whole numbers of at least 1"),
         (["--amp", "maybe"], "unet-med: --amp must be auto, true or false, got 'maybe'."),
         (["--device", "cuda"], "unet-med: --device cuda: this machine has no usable CUDA GPU"),
+        (["--num_workers", "-1"], "unet-med: --num_workers -1: expected a whole number of at least 0."),
+        (["--epoch", "3"], "unet-med: --epoch: configs/train.yaml defines no such option; did you mean --epochs? "
+                           "python -m unet_med.bundle.options configs/train.yaml lists them"),
+        (["--foo", "1"], "unet-med: --foo: configs/train.yaml defines no such option; python -m"),
     ],
 )
 def test_a_wrong_option_is_one_line_before_anything_is_built(override, message, tmp_path, bundle_dirs, bundle_cli):
@@ -148,3 +152,20 @@ def test_a_diverging_training_stops_in_one_line_and_saves_no_model(cases, messag
     result = bundle_cli(bundle_dirs["3d"], "configs/train.yaml", tmp_path, "runs", *overrides, check=False)
     assert one_line_error(result).startswith(message)
     assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["fingerprint.json", "plan.yaml"]
+
+
+def test_a_one_case_data_set_is_refused_before_planning(tmp_path, samples, bundle_dirs, bundle_cli):
+    data = tmp_path / "data"
+    for kind in ("imagesTr", "labelsTr"):
+        (data / kind).mkdir(parents=True)
+        shutil.copy(samples / kind / "hippocampus_001.nii.gz", data / kind)
+    description = json.loads((samples / "dataset.json").read_text())
+    description["training"] = [case for case in description["training"] if "hippocampus_001." in case["image"]]
+    description["numTraining"] = 1
+    (data / "dataset.json").write_text(json.dumps(description))
+    result = bundle_cli(
+        bundle_dirs["3d"], "configs/train.yaml", tmp_path, "runs", "--dataset_dir", str(data), check=False
+    )
+    assert one_line_error(result) == (f"unet-med: {data / 'dataset.json'} lists 1 training case(s): training needs "
+                                      "at least 2, cases to train on and one to validate on")
+    assert "fingerprint" not in result.stdout + result.stderr and not (tmp_path / "models").exists()

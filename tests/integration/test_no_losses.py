@@ -85,6 +85,14 @@ def test_training_again_resuming_longer_or_shorter_and_overwriting(tmp_path, bun
     )
     assert kept(before, tmp_path)
 
+    # Resuming a run that has trained all its epochs: it says so, and how to train longer; nothing is scored.
+    result = train("--epochs", "2", "--resume", "true")
+    assert ("nothing to train: the saved training state has finished all 2 of 2 epochs; to train longer, run again "
+            "with --resume true --epochs <more than 2>") in result.stdout
+    assert "scores" not in result.stdout and "training on" not in result.stdout, result.stdout[-3000:]
+    after = hashes(tmp_path)
+    assert all(after[name] == before[name] for name in ("models/model.pt", "models/checkpoint_latest.pt"))
+
     # --overwrite true: a new run, the previous run's files kept under previous/<time>/.
     before = hashes(tmp_path)
     train("--epochs", "1", "--overwrite", "true")

@@ -9,9 +9,11 @@ and wraps any exception in a ``RuntimeError("Failed to evaluate ...")`` (raised 
 bundle's ``initialize`` calls :func:`install_excepthook`, which replaces ``sys.excepthook``: for an uncaught
 exception whose chain of causes (``__cause__``, else ``__context__``) holds a :class:`BundleError`, it prints
 ``unet-med: <message>`` (one line per line of the message: several broken files give one line each) to stderr;
-Python then exits with status 1, as for any uncaught exception. Any other exception goes to the hook that was
-installed before, so errors that are not ours keep MONAI's and Python's full report. With ``--debug true`` or
-the environment variable ``UNET_MED_DEBUG=1`` the full traceback follows the line.
+Python then exits with status 1, as for any uncaught exception. Ctrl-C (a ``KeyboardInterrupt``) prints
+nothing more: the training report has printed its summary, and Python ends the process by SIGINT, exit status 130
+in a shell. Any other exception goes to the hook that was installed before, so errors that are not ours keep
+MONAI's and Python's full report. With ``--debug true`` or the environment variable ``UNET_MED_DEBUG=1`` the full
+traceback follows the line (or is the report of a Ctrl-C).
 
 A full disk is reported the same way: an ``OSError`` of a full device or quota (``ENOSPC``, ``EDQUOT``) anywhere
 in the chain is turned into a :class:`DiskFullError` by :func:`bundle_error_in`, and the line says so, with the
@@ -190,6 +192,8 @@ def install_excepthook(debug: bool | str = False) -> None:
         return True
 
     def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if isinstance(error, KeyboardInterrupt) and not show_traceback:
+            return
         if not report(kind, error, trace):
             previous(kind, error, trace)
 

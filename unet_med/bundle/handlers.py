@@ -437,6 +437,8 @@ class BestModelGuard:
       scores better on the same cases. After a kill between writing ``model.pt`` and the training state, this
       is the score of the file actually on disk, not the older one of the state.
 
+    A resumed run that has already trained all its epochs trains nothing, and nothing is checked or scored.
+
     A run that does not resume first moves the previous run's files that it would overwrite (``archive``: for
     example the training log, its figures, the training state) into ``previous/<time>/`` beside them; with
     ``overwrite`` the old ``model.pt`` goes there too, and the new run's first validated model takes its place.
@@ -475,6 +477,8 @@ class BestModelGuard:
 
     def __call__(self, engine: Engine) -> None:
         """Refuse, or score the model on disk and make that score the one to beat (see the class)."""
+        if engine.state.epoch >= engine.state.max_epochs:  # a finished run resumed: nothing trains, nothing to beat
+            return
         if not self.model_path.is_file():
             self._keep_previous_run(engine, [])
             return

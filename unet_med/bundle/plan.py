@@ -38,7 +38,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -545,12 +547,20 @@ def check_plan_output(output: str | os.PathLike, from_model: str | os.PathLike |
         )
 
 
-def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int = 150) -> str:
-    """The plan's main decisions as a text table: key, value, reason (cut to ``width`` characters)."""
+def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int | None = None) -> str:
+    """The plan's main decisions as a text table under a heading: decision, value, reason.
+
+    Values are never cut; a reason longer than its column wraps onto indented lines below it.
+
+    Args:
+        plan: the plan.
+        reasons: the reason of each dotted key.
+        width: the width of the lines (default: the terminal's, 120 when it has none).
+    """
     keys = ["pixdim", "normalization", "patch_size", "network.features", "network.strides", "network.kernel_size",
             "batch_size", "inference.overlap", "cache.policy", "cost.memory_gb", "cost.epoch_seconds", "epochs",
             "configurations"]
-    rows = []
+    rows = [("decision", "value", "reason")]
     for key in keys:
         value: Any = plan
         for part in key.split("."):
@@ -562,11 +572,14 @@ def decision_table(plan: dict[str, Any], reasons: dict[str, str], width: int = 1
             reason = reasons.get(key, "")
         rows.append((key, str(value).replace(" ", ""), reason))
     first = max(len(row[0]) for row in rows)
-    second = min(30, max(len(row[1]) for row in rows))
+    second = max(len(row[1]) for row in rows)
+    indent = first + second + 4
+    reason_width = max(40, (width or shutil.get_terminal_size((120, 24)).columns) - indent)
     lines = []
     for key, value, reason in rows:
-        line = f"{key:<{first}}  {value:<{second}}  {reason}"
-        lines.append(line if len(line) <= width else line[: width - 3] + "...")
+        wrapped = textwrap.wrap(reason, reason_width) or [""]
+        lines.append(f"{key:<{first}}  {value:<{second}}  {wrapped[0]}".rstrip())
+        lines += [" " * indent + more for more in wrapped[1:]]
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from monai.data.utils import pickle_hashing
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Identityd, MapTransform, SqueezeDimd
 
-from unet_med.bundle.datalists import label_names
+from unet_med.bundle.datalists import decathlon_datalist, label_names
 from unet_med.bundle.dataset_check import check_dataset
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.fingerprint import channel_names, compute_fingerprint, file_stamp
@@ -47,6 +47,7 @@ __all__ = [
     "crop_size",
     "differences",
     "first_difference",
+    "override_reasons",
     "recorded_plan",
     "restore_plan",
     "stamped_hash",
@@ -112,14 +113,32 @@ def training_plan(
     from unet_med.bundle.plan import PlanSettings, decision_table, plan_dataset
 
     path = Path(plan_file)
+    planned_reasons = None
     if not path.is_file():
+        _check_trainable(dataset_dir)
         settings = PlanSettings(device=torch.device(device).type, spatial_dims=spatial_dims)
-        plan, reasons = plan_dataset(dataset_dir, path, settings)
-        print(decision_table(plan, reasons), flush=True)
-        print(f"plan written to {path}", flush=True)
+        planned_reasons = plan_dataset(dataset_dir, path, settings)[1]
     plan = load_plan(path)
     _check_dims(plan, path, spatial_dims)
-    return _with_overrides(plan, path, overrides)[0]
+    effective = _with_overrides(plan, path, overrides)[0]
+    if planned_reasons is not None:  # the decisions this run trains with: the command line's values shown
+        print(decision_table(effective, {**planned_reasons, **override_reasons(plan, effective)}), flush=True)
+        print(f"plan written to {path}", flush=True)
+    return effective
+
+
+def _check_trainable(dataset_dir: str | os.PathLike) -> None:
+    """Refuse, before planning, a data set of fewer than two cases: one to train on, one to validate on."""
+    cases = decathlon_datalist(dataset_dir, check_files=False)
+    if len(cases) < 2:
+        raise BundleError(f"{Path(dataset_dir) / 'dataset.json'} lists {len(cases)} training case(s): training needs "
+                          "at least 2, cases to train on and one to validate on")
+
+
+def override_reasons(on_disk: Mapping[str, Any], effective: Mapping[str, Any]) -> dict[str, str]:
+    """The reason of each dotted key at which the command line changed the plan on disk."""
+    return {key: f"{OVERRIDE_REASON} (the file had {json.dumps(_lookup(on_disk, key))})"
+            for key in differences(on_disk, effective)}
 
 
 def check_dataset_against_plan(
@@ -374,8 +393,7 @@ class PlanWriter:
         if _model_difference(on_disk, self.plan) is not None:
             kept = move_aside([self.plan_file], copy=True)[0]
             engine.logger.info(f"Kept the earlier plan: {kept}")
-        for key in differences(on_disk, self.plan):
-            reasons[key] = f"{OVERRIDE_REASON} (the file had {json.dumps(_lookup(on_disk, key))})"
+        reasons.update(override_reasons(on_disk, self.plan))
         write_plan(self.plan_file, self.plan, reasons, header)
         engine.logger.info(f"Wrote the plan with the command line's values to {self.plan_file}")
 

@@ -8,7 +8,7 @@ from unet_med.bundle.errors import BundleError
 from unet_med.bundle.flags import as_bool
 from unet_med.inferers.cpu import native_bf16
 
-__all__ = ["amp_mode", "cpu_autocast_dtype", "cuda_amp", "native_bf16"]
+__all__ = ["amp_mode", "cpu_autocast_dtype", "cuda_amp", "native_bf16", "precision_text"]
 
 
 def amp_mode(amp: bool | str) -> str:
@@ -50,3 +50,20 @@ def cuda_amp(amp: bool | str, device: torch.device | str) -> bool:
     is ``True`` exactly on a CUDA device under ``auto`` or ``true``; on a CPU see :func:`cpu_autocast_dtype`.
     """
     return amp_mode(amp) != "false" and torch.device(device).type == "cuda"
+
+
+def precision_text(amp: bool | str, device: torch.device | str) -> str:
+    """The device and the precision a run computes in, and why, for the console, the log and the summary.
+
+    For example ``cpu, bfloat16 autocast (--amp auto: this CPU has native bfloat16 units)`` or
+    ``cuda:0, float16 mixed precision (--amp auto)``.
+    """
+    mode, device = amp_mode(amp), torch.device(device)
+    if device.type == "cuda":
+        return f"{device}, {'float16 mixed precision' if cuda_amp(mode, device) else 'float32'} (--amp {mode})"
+    native = native_bf16()
+    if cpu_autocast_dtype(mode) is None:
+        reason = "this CPU has no native bfloat16 units" if mode == "auto" else "float32 asked for"
+        return f"{device}, float32 (--amp {mode}: {reason})"
+    reason = "this CPU has native bfloat16 units" if native else "emulated on this CPU, many times slower"
+    return f"{device}, bfloat16 autocast (--amp {mode}: {reason})"

@@ -141,6 +141,7 @@ def summary_lines(
     files: Mapping[str, str],
     overrides: str = "",
     kept_score: float | None = None,
+    precision: str = "",
 ) -> list[str]:
     """The end-of-run summary, one line each.
 
@@ -156,6 +157,7 @@ def summary_lines(
         overrides: command-line options the next commands need too (e.g. ``--ckpt_dir ...``).
         kept_score: the validation score of the ``model.pt`` found before this run, when no epoch beat it (the
             file is still that model).
+        precision: the device and precision trained in (:func:`unet_med.bundle.precision.precision_text`).
     """
     head = {
         "finished": f"training finished: {epoch} of {max_epochs} epochs in {format_duration(seconds)}",
@@ -163,9 +165,11 @@ def summary_lines(
         "continue it with --resume true",
         "failed": f"training stopped by an error after {epoch} of {max_epochs} epochs ({format_duration(seconds)})",
         "already finished": f"nothing to train: the saved training state has finished all {epoch} of "
-        f"{max_epochs} epochs",
+        f"{max_epochs} epochs; to train longer, run again with --resume true --epochs <more than {max_epochs}>",
     }[outcome]
-    lines = [head]
+    if outcome == "already finished":
+        return [head]
+    lines = [head] + ([f"trained on {precision}"] if precision else [])
     validated = [row for row in history if row.get(mean_key) is not None]
     if validated:
         best = max(validated, key=lambda row: row[mean_key])
@@ -184,6 +188,17 @@ def summary_lines(
     return lines
 
 
+class _FreshStartRecords(logging.Filter):
+    """Drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh.
+
+    MONAI's engines set up their state before ignite runs them, so ignite takes every run for a resumed one; the
+    line of a real resume (from epoch 1 or later) stays.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 ")
+
+
 class TrainingReport:
     """Ignite handler that shows, records and summarises a training run (on the process that prints).
 
@@ -198,8 +213,10 @@ class TrainingReport:
       after epoch ``n`` keeps the rows up to ``n``);
     - when training ends, writes ``learning_curves.png`` and ``validation_overlay.png`` (a slice of the last
       validation case, its ground truth and prediction, with its Dice) and logs a summary: how the run ended
-      (finished, interrupted by Ctrl-C or an error, or found already finished), the best Dice per class and
-      its epoch, where the model and the logs are, the wall time and the commands to run next.
+      (finished, interrupted by Ctrl-C or an error), the device and precision, the best Dice per class and
+      its epoch, where the model and the logs are, the wall time and the commands to run next; a run found
+      already finished (``--resume true`` after the last epoch) says only that, and how to train longer;
+    - drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh.
 
     List it after the trainer's ``ValidationHandler``, so that an epoch's validation is done when its row is
     written.
@@ -211,6 +228,8 @@ class TrainingReport:
         class_names: the foreground classes, in label order (see :func:`class_names`).
         ckpt_dir: where the trainer's checkpoints are (``model.pt``, ``checkpoint_latest.pt``), for the summary.
         progress: ``auto``, ``bar`` or ``lines``.
+        precision: the device and precision the trainer computes in, logged first when training starts (on the
+            console and in ``training.log``) and repeated in the summary.
         per_class_metric: the validator's metric with one Dice per foreground class.
         output_transform: maps the trainer's ``state.output`` to the loss of one iteration.
         image_key: key of the image in the validator's post-processed output items.
@@ -225,6 +244,7 @@ class TrainingReport:
         class_names: Sequence[str],
         ckpt_dir: str | os.PathLike = "models",
         progress: str = "auto",
+        precision: str = "",
         per_class_metric: str = "val_dice_per_class",
         output_transform: Callable = from_engine(["loss"], first=True),  # noqa: B008
         image_key: str = "image",
@@ -236,6 +256,7 @@ class TrainingReport:
         self.class_names = list(class_names)
         self.ckpt_dir = Path(ckpt_dir)
         self.progress = EpochProgress(progress_mode(progress))
+        self.precision = precision
         self.per_class_metric = per_class_metric
         self.output_transform = output_transform
         self.keys = (image_key, pred_key, label_key)
@@ -273,6 +294,8 @@ class TrainingReport:
 
     def attach(self, engine: Engine) -> None:
         """Show and record ``engine``'s epochs and the validator's results; summarise when ``engine`` ends."""
+        for logger in (engine.logger, self.validator.logger):
+            logger.addFilter(_FreshStartRecords())
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch_bar)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)
@@ -285,6 +308,8 @@ class TrainingReport:
         """Open the log; take over the rows of the epochs a resumed run has done (its loader ran on STARTED)."""
         self._log = RunLog(self.output_dir / "training.log", hide_iterations=self.progress.mode == "bar")
         self._start, self._start_epoch = time.monotonic(), engine.state.epoch
+        if self.precision and engine.state.epoch < engine.state.max_epochs:
+            _LOGGER.info(f"training on {self.precision}")
         self.history = []
         # A validation before the first epoch (the score of the model on disk, see BestModelGuard) is no epoch's.
         self._validation, self._sample = None, None
@@ -380,7 +405,7 @@ class TrainingReport:
         epoch = self.history[-1]["epoch"] if self.history else engine.state.epoch
         lines = summary_lines(outcome, epoch, engine.state.max_epochs, self.history, self.class_names,
                               self.metric_name, time.monotonic() - self._start, self._files(), overrides,
-                              self.kept_score)
+                              self.kept_score, self.precision)
         _LOGGER.info("\n".join(["", *lines]))
         if self._log is not None:
             self._log.close()

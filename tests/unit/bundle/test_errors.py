@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,14 @@ def test_a_bundle_error_is_one_line_with_exit_status_1(child_env):
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["unet-med: --epochs 0: expected a whole number of at least 1."]
     assert "Traceback" not in result.stdout + result.stderr and "terminating" not in result.stdout
+
+
+def test_ctrl_c_ends_by_sigint_without_a_traceback(child_env):
+    result = run("KeyboardInterrupt()", env=child_env)
+    assert result.returncode == -signal.SIGINT  # 130 in a shell
+    assert result.stderr == ""
+    debug = run("KeyboardInterrupt()", debug=True, env=child_env)
+    assert debug.returncode == -signal.SIGINT and "Traceback" in debug.stderr
 
 
 def test_debug_shows_the_traceback_after_the_line(child_env):

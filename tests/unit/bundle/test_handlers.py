@@ -192,6 +192,20 @@ def test_the_model_on_disk_is_scored_first_and_replaced_only_by_a_better_one(tmp
     assert torch.equal(load_checkpoint(tmp_path / "model.pt")["weight"], net.weight)
 
 
+def test_a_finished_run_resumed_scores_nothing(tmp_path):
+    save_checkpoint(torch.nn.Linear(3, 1).state_dict(), tmp_path / "model.pt")
+    net = torch.nn.Linear(3, 1)
+    validator = Validator()
+    validator.add_event_handler(Events.STARTED, lambda engine: pytest.fail("the validator ran"))
+    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt")
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.STARTED, lambda engine: setattr(engine.state, "epoch", 2))  # as a resume does
+    BestModelGuard(tmp_path / "model.pt", net, validator, saver, resume=True).attach(trainer)
+    trainer.run([0], max_epochs=2)
+    assert trainer.state.epoch == 2
+
+
 def test_training_from_scratch_over_a_model_is_refused(tmp_path):
     save_checkpoint(torch.nn.Linear(3, 1).state_dict(), tmp_path / "model.pt")
     before = (tmp_path / "model.pt").read_bytes()

@@ -245,3 +245,30 @@ def test_the_plan_file_follows_the_model_it_belongs_to(saves_a_better_model, pla
     else:
         assert plan_file.read_bytes() == before and not (models / "previous").exists()
     assert trained_plan(plan_file, model_file, 3)  # evaluation and inference accept the pair
+
+
+def test_planning_shows_a_table_with_the_command_lines_values(tmp_path, samples, capsys):
+    plan = training_plan(tmp_path / "models" / "plan.yaml", samples, 3, "cpu", {"epochs": 16})
+    table = capsys.readouterr().out.splitlines()
+    header = next(index for index, line in enumerate(table) if line.startswith("decision "))
+    rows = table[header:table.index(f"plan written to {tmp_path / 'models' / 'plan.yaml'}")]
+    column = rows[0].index("reason")
+    assert rows[0].split() == ["decision", "value", "reason"]
+    keys = [row.split()[0] for row in rows[1:] if not row.startswith(" ")]
+    assert keys[:3] == ["pixdim", "normalization", "patch_size"] and "epochs" in keys
+    for row in rows[1:]:  # every reason starts in its column, continued lines too, and none is cut
+        assert row[column - 2:column] == "  " and row[column] != " " and not row.endswith("...")
+    epochs = next(row for row in rows if row.startswith("epochs "))
+    assert epochs.split()[1] == "16" and epochs[column:].startswith("set on the command line (the file had ")
+    assert plan["epochs"] == 16
+
+
+def test_a_one_case_data_set_is_refused_before_planning(tmp_path, write_decathlon):
+    volume = np.zeros((8, 8, 8), np.float32)
+    volume[2:6, 2:6, 2:6] = 1
+    dataset = write_decathlon([(volume, volume.astype(np.uint8))], [(1.0, 1.0, 1.0)])
+    with pytest.raises(BundleError) as error:
+        training_plan(tmp_path / "models" / "plan.yaml", dataset, 3, "cpu")
+    assert str(error.value) == (f"{dataset / 'dataset.json'} lists 1 training case(s): training needs at least 2, "
+                                "cases to train on and one to validate on")
+    assert not (tmp_path / "models").exists()

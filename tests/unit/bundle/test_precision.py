@@ -37,3 +37,19 @@ def test_a_bad_flag_is_one_line():
     for check in (precision.amp_mode, precision.cpu_autocast_dtype, lambda amp: precision.cuda_amp(amp, "cpu")):
         with pytest.raises(BundleError, match=r"^--amp must be auto, true or false, got 'maybe'\.$"):
             check("maybe")
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "native", "text"),
+    [
+        ("auto", "cpu", True, "cpu, bfloat16 autocast (--amp auto: this CPU has native bfloat16 units)"),
+        ("auto", "cpu", False, "cpu, float32 (--amp auto: this CPU has no native bfloat16 units)"),
+        ("yes", "cpu", False, "cpu, bfloat16 autocast (--amp true: emulated on this CPU, many times slower)"),
+        (False, "cpu", True, "cpu, float32 (--amp false: float32 asked for)"),
+        ("auto", "cuda:0", False, "cuda:0, float16 mixed precision (--amp auto)"),
+        ("false", torch.device("cuda"), False, "cuda, float32 (--amp false)"),
+    ],
+)
+def test_the_precision_is_named_with_its_reason(monkeypatch, amp, device, native, text):
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    assert precision.precision_text(amp, device) == text

@@ -54,6 +54,9 @@ def test_summary_names_the_best_epoch_and_what_to_run_next():
     assert lines == ["training finished: 1 of 1 epochs in 1.0 s", "no validation yet: no model was saved"]
 
 
+PRECISION = "cpu, bfloat16 autocast (--amp auto: this CPU has native bfloat16 units)"
+
+
 def run_training(tmp_path, stop_in_epoch: int | None = None, epochs: int = 3, to_beat: float | None = None):
     """Three epochs of two iterations of a trainer validated every epoch, reported by a TrainingReport.
 
@@ -76,7 +79,8 @@ def run_training(tmp_path, stop_in_epoch: int | None = None, epochs: int = 3, to
 
     validator.add_event_handler(Events.EPOCH_COMPLETED, validate)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: validator.run([0]))
-    report = TrainingReport(validator, tmp_path / "runs", NAMES, ckpt_dir=tmp_path / "models", progress="lines")
+    report = TrainingReport(validator, tmp_path / "runs", NAMES, ckpt_dir=tmp_path / "models", progress="lines",
+                            precision=PRECISION)
     report.attach(trainer)
     trainer.run([0, 1], max_epochs=epochs)
     return report
@@ -93,6 +97,10 @@ def test_training_report_writes_named_columns_and_summary(tmp_path, caplog):
     assert "best validation Dice (epoch 3): Anterior 0.300  Posterior 0.300  mean 0.300" in caplog.text
     log = (tmp_path / "runs" / "training.log").read_text()
     assert "Epoch: 2/3, Iter: 1/2 -- train_loss: 0.5000" in log and "training finished" in log
+    assert log.splitlines()[0].endswith(f"training on {PRECISION}")  # the first line, on the console too
+    assert f"training on {PRECISION}" in caplog.text
+    summary = caplog.text[caplog.text.index("training finished"):]
+    assert summary.splitlines()[1] == f"trained on {PRECISION}"
     assert (tmp_path / "runs" / "learning_curves.png").is_file()
     files = [getattr(handler, "baseFilename", "") for handler in logging.getLogger().handlers]
     assert not any(name.endswith("training.log") for name in files)  # the log is closed
@@ -126,8 +134,24 @@ def test_a_run_found_finished_says_so(tmp_path, caplog):
     caplog.clear()
     TrainingReport(report.validator, tmp_path / "runs", NAMES, progress="lines").attach(trainer)
     trainer.run([0, 1], max_epochs=2)
-    assert "nothing to train: the saved training state has finished all 2 of 2 epochs" in caplog.text
-    assert "best validation Dice (epoch 2)" in caplog.text
+    summary = caplog.text[caplog.text.index("nothing to train"):]
+    assert summary.splitlines()[0] == ("nothing to train: the saved training state has finished all 2 of 2 epochs; "
+                                       "to train longer, run again with --resume true --epochs <more than 2>")
+    assert "best validation" not in summary and "next:" not in summary  # that line alone
+
+
+def test_a_fresh_run_is_not_logged_as_resumed(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    trainer = Engine(lambda engine, batch: [{"loss": torch.tensor(1.0)}])
+    validator = Engine(lambda engine, batch: None)
+    validator.state.key_metric_name = "val_mean_dice"
+    TrainingReport(validator, tmp_path / "runs", NAMES, progress="lines").attach(trainer)
+    trainer.state.max_epochs, trainer.state.epoch_length = 2, 2  # as MONAI's trainers set up their state
+    trainer.run([0, 1])
+    assert "training finished: 2 of 2 epochs" in caplog.text
+    assert "Engine run resuming" not in caplog.text
+    trainer.run([0, 1], max_epochs=3)  # a real resume keeps ignite's line
+    assert "Engine run resuming from iteration 4, epoch 2 until 3 epochs" in caplog.text
 
 
 def test_an_inference_run_sums_up_however_it_ends(tmp_path, caplog):

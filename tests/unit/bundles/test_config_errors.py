@@ -58,7 +58,8 @@ def damaged_samples(samples: Path, folder: Path) -> Path:
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_bad_dataset_stops_training_before_anything_is_built(name, tmp_path, samples, bundle_dirs):
     dataset = damaged_samples(samples, tmp_path / "data")
-    train = workflow(bundle_dirs[name], "train.yaml", "train", dataset_dir=dataset, ckpt_dir=tmp_path / "models")
+    train = workflow(bundle_dirs[name], "train.yaml", "train", dataset_dir=dataset, ckpt_dir=tmp_path / "models",
+                     output_dir=tmp_path / "runs")
     error = error_of(train.initialize)  # planning checks the data first
     assert isinstance(error, DatasetError)
     expected = [
@@ -141,7 +142,8 @@ def test_unusable_pretrained_weights_stop_training_before_anything_is_built(name
     shallow = tmp_path / "shallow.pt"
     torch.save(UNet(2 if name == "2d" else 3, 1, 3, features=(16, 32)).state_dict(), shallow)
     for pretrained, message in [(tmp_path / "absent.pt", "no checkpoint file at"), (shallow, "another depth")]:
-        train = workflow(bundle_dirs[name], "train.yaml", "train", pretrained=pretrained, ckpt_dir=tmp_path / "models")
+        train = workflow(bundle_dirs[name], "train.yaml", "train", pretrained=pretrained, ckpt_dir=tmp_path / "models",
+                         output_dir=tmp_path / "runs")
         error = error_of(train.initialize)
         assert isinstance(error, CheckpointError) and str(pretrained) in str(error) and message in str(error)
         built = train.parser.ref_resolver.resolved_content.keys()

@@ -70,7 +70,7 @@ def test_network_def_same_in_train_and_inference(name, bundle_dirs):
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 @pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.yaml"), ("infer", "inference.yaml")])
-def test_workflow_has_required_properties(name, workflow_type, config, bundle_dirs, planned_models):
+def test_workflow_has_required_properties(name, workflow_type, config, tmp_path, bundle_dirs, planned_models):
     configs = bundle_dirs[name] / "configs"
     workflow = ConfigWorkflow(
         config_file=str(configs / config),
@@ -79,6 +79,7 @@ def test_workflow_has_required_properties(name, workflow_type, config, bundle_di
         workflow_type=workflow_type,
         bundle_root=str(bundle_dirs[name]),
         ckpt_dir=str(planned_models[name]),
+        output_dir=str(tmp_path / "out"),
     )
     workflow.initialize()
     assert not workflow.check_properties()
