@@ -135,19 +135,20 @@ def test_a_corrupt_or_overflowing_scan_is_refused_by_training_and_inference(
 
 
 @pytest.mark.parametrize(
-    ("cases", "message"),
+    ("cases", "learning_rate", "message"),
     [
-        # two iterations an epoch: the second one's loss is NaN
-        (2, "unet-med: training diverged at epoch 1, iteration 2 of 2: the loss is nan; nothing of this epoch was "
-            "validated or saved (a smaller --learning_rate may help)."),
+        # the example: the loss stays finite (1e7 and more after the first steps) but has left its start
+        (4, "1e4", "unet-med: training diverged in epoch 1: its mean loss "),
+        # 1e20 makes AdamW's first steps overflow float32; two iterations an epoch: the second one's loss is NaN
+        (2, "1e20", "unet-med: training diverged at epoch 1, iteration 2 of 2: the loss is nan; nothing of this epoch "
+                    "was validated or saved (a smaller --learning_rate may help)."),
         # one iteration: its step leaves weights so large that the validation prediction overflows
-        (1, "unet-med: training diverged by epoch 1: the network's prediction for "),
+        (1, "1e20", "unet-med: training diverged by epoch 1: the network's prediction for "),
     ],
 )
-def test_a_diverging_training_stops_in_one_line_and_saves_no_model(cases, message, tmp_path, bundle_dirs, bundle_cli):
-    # --learning_rate 1e4 only makes the loss large here (1e7 to 1e8, finite, and no threshold stops it): 1e20
-    # makes AdamW's first steps large enough to overflow float32
-    overrides = [*SHORT, "--num_samples", "1", "--batch_size", "1", "--learning_rate", "1e20"]
+def test_a_diverging_training_stops_in_one_line_and_saves_no_model(cases, learning_rate, message, tmp_path,
+                                                                   bundle_dirs, bundle_cli):
+    overrides = [*SHORT, "--num_samples", "1", "--batch_size", "1", "--learning_rate", learning_rate]
     overrides += ["--train#dataset#data", f"$@datalists['training'][:{cases}]"]
     result = bundle_cli(bundle_dirs["3d"], "configs/train.yaml", tmp_path, "runs", *overrides, check=False)
     assert one_line_error(result).startswith(message)

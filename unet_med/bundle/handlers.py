@@ -235,9 +235,14 @@ class DivergenceGuard:
     still finite). After every iteration the loss is checked; after every epoch, before the handlers attached
     after this one (validation, the model and state savers, the report), the network's weights are; and with a
     ``validator``, each validation prediction before it is post-processed and scored (argmax turns NaN logits
-    into a plausible mask). Each stops the run with a :class:`BundleError` that names the epoch (and iteration),
-    so that no model or training state of a diverged network is written. No threshold on the loss's value is
-    used: a large finite loss may still come down.
+    into a plausible mask). A loss that stays finite can diverge too (``--learning_rate 1e4``: about 1e7 after
+    the first steps, a network predicting one class everywhere): an epoch whose mean loss is more than
+    ``growth`` times the run's first loss, that of the weights it started from, stops as well. The bundles' Dice
+    + cross-entropy loss starts near 1 + ln(classes) from fresh weights, lower from trained ones, and only
+    falls as a training learns; a mean over a hundred times that start means logits of the wrong class by a
+    margin of about a hundred, which no training comes back from. Each stops the run with a
+    :class:`BundleError` that names the epoch (and iteration), so that no model or training state of a diverged
+    network is written.
 
     Under CUDA mixed precision (the engine's gradient scaler), a float16 overflow gives a non-finite loss whose
     step the scaler skips, leaving the weights as they were: there only an epoch without one finite loss stops.
@@ -245,12 +250,16 @@ class DivergenceGuard:
     Args:
         network: the trained network (its parameters are checked).
         validator: the MONAI evaluator that validates it, or ``None``.
+        growth: how many times the first loss an epoch's mean loss may reach.
     """
 
-    def __init__(self, network: torch.nn.Module, validator: Workflow | None = None) -> None:
+    def __init__(self, network: torch.nn.Module, validator: Workflow | None = None, growth: float = 100.0) -> None:
         self.network = network
         self.validator = validator
+        self.growth = growth
+        self._first_loss: float | None = None
         self._finite_losses = 0
+        self._loss_sum = 0.0
 
     def attach(self, engine: Engine) -> None:
         """Check ``engine``'s loss after each iteration, the weights after each epoch, the validator's outputs."""
@@ -261,7 +270,7 @@ class DivergenceGuard:
             self.validator.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._check_prediction)
 
     def _new_epoch(self, engine: Engine) -> None:
-        self._finite_losses = 0
+        self._finite_losses, self._loss_sum = 0, 0.0
 
     @staticmethod
     def _where(engine: Engine) -> str:
@@ -274,6 +283,9 @@ class DivergenceGuard:
         loss = float((output[0] if isinstance(output, list) else output)["loss"])
         if math.isfinite(loss):
             self._finite_losses += 1
+            self._loss_sum += loss
+            if self._first_loss is None:
+                self._first_loss = loss
         elif getattr(engine, "scaler", None) is None:
             raise BundleError(
                 f"training diverged at {self._where(engine)}: the loss is {loss}; nothing of this epoch was "
@@ -292,6 +304,13 @@ class DivergenceGuard:
             raise BundleError(
                 f"training diverged in epoch {engine.state.epoch}: the loss of every iteration was NaN or Inf; "
                 "nothing of this epoch was validated or saved (a smaller --learning_rate may help)."
+            )
+        mean = self._loss_sum / self._finite_losses
+        if self._first_loss is not None and self._first_loss > 0 and mean > self.growth * self._first_loss:
+            raise BundleError(
+                f"training diverged in epoch {engine.state.epoch}: its mean loss {mean:.3g} is over {self.growth:g} "
+                f"times the first loss of this run ({self._first_loss:.3g}); nothing of this epoch was validated or "
+                "saved (a smaller --learning_rate may help)."
             )
 
     def _check_prediction(self, validator: Workflow) -> None:

@@ -239,7 +239,7 @@ def diverging_run(losses: list[float], nan_weights_at: int | None = None, scaled
 
 
 def test_a_non_finite_loss_or_weight_stops_training_naming_the_epoch_and_iteration():
-    assert diverging_run([1.0, 2e30, 3.0, 1e38]) == [1, 2]  # large but finite: no threshold
+    assert diverging_run([2.0, 150.0, 3.0, 1.0]) == [1, 2]  # a spike in a falling loss: means 76 and 2
     with pytest.raises(BundleError, match=r"^training diverged at epoch 2, iteration 1 of 2: the loss is nan; "):
         diverging_run([1.0, 1.0, float("nan"), 1.0])
     with pytest.raises(BundleError, match=r"at epoch 1, iteration 2 of 2: the loss is inf;"):
@@ -248,6 +248,16 @@ def test_a_non_finite_loss_or_weight_stops_training_naming_the_epoch_and_iterati
     with pytest.raises(BundleError, match=r"at epoch 1, iteration 2 of 2: after its optimizer step the network's "
                                           r"bias holds NaN or Inf values; nothing of this epoch was validated"):
         diverging_run([1.0] * 4, nan_weights_at=2)
+
+
+def test_a_finite_loss_grown_a_hundredfold_stops_training():
+    # --learning_rate 1e4: finite, but the network has left any useful region after its first steps
+    with pytest.raises(BundleError, match=r"^training diverged in epoch 1: its mean loss 1e\+07 is over 100 times "
+                                          r"the first loss of this run \(2\); nothing of this epoch was validated"):
+        diverging_run([2.0, 2e7, 1e7, 1e7])
+    with pytest.raises(BundleError, match=r"in epoch 2: its mean loss 300 is over 100 times the first loss of this "
+                                          r"run \(0\.5\)"):
+        diverging_run([0.5, 0.4, 300.0, 300.0])  # a fine-tune from a good model blowing up in its second epoch
 
 
 def test_under_a_gradient_scaler_only_an_epoch_without_a_finite_loss_stops():
