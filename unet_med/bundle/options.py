@@ -179,11 +179,27 @@ def _running_parser() -> ConfigParser | None:
     return None
 
 
+def _run_config_files() -> list[str]:
+    """The config files ``monai.bundle run`` merges for this run (``--config_file``, or its ``--args_file``'s).
+
+    Read from the frame of MONAI's ``create_workflow``, which initialises the workflow it makes; empty when the
+    config is evaluated otherwise (MONAI Label builds its parsers itself).
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "create_workflow" and frame.f_locals.get("config_file") is not None:
+            files = frame.f_locals["config_file"]
+            return [str(files)] if isinstance(files, (str, Path)) else [str(file) for file in files]
+        frame = frame.f_back
+    return []
+
+
 def check_overrides(bundle_root: str | Path, config_names: Sequence[str]) -> None:
     """Refuse every id of the running config that the bundle's files do not define (a misspelt option).
 
     Called from a config's ``initialize`` (MONAI's parser evaluating it is found up the call stack; called
-    otherwise, it checks nothing). The overrides of MONAI Label name ids the files define, and pass.
+    otherwise, it checks nothing). The ids of any other config file the run merges (the user's own) count as
+    defined. The overrides of MONAI Label name ids the files define, and pass.
 
     Args:
         bundle_root: the bundle folder (``--bundle_root``, ``.`` when run from it).
@@ -202,8 +218,11 @@ def check_overrides(bundle_root: str | Path, config_names: Sequence[str]) -> Non
     if missing:
         raise BundleError(f"--bundle_root {bundle_root}: no {missing[0]} there; run from the bundle folder or "
                           "pass --bundle_root <bundle folder>")
+    # a config file of the user's merged into the run (--config_file "[..., 'mine.yaml']") defines options too
+    ours = [Path(bundle_root) / file for file in files]
+    theirs = [file for file in _run_config_files() if not any(Path(file).resolve() == path.resolve() for path in ours)]
     known = ConfigParser()
-    known.read_config([str(Path(bundle_root) / file) for file in files])
+    known.read_config([*map(str, ours), *theirs])
     unknown = unknown_ids(parser.get(), known.get())
     if unknown:
         listing = f"python -m unet_med.bundle.options {' '.join(files)} lists them"

@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.bundle.scripts import create_workflow
 
-from unet_med.bundle.errors import BundleError
+from unet_med.bundle.errors import BundleError, bundle_error_in
 from unet_med.bundle.options import (
     check_device,
     check_patch_size,
@@ -119,6 +120,20 @@ def test_monai_label_overrides_pass(tmp_path, bundle_dirs, planned_models, sampl
                  "device": "cpu", "train#handlers": [loader], "ckpt_dir": str(models),
                  "output_dir": str(tmp_path / "runs")}
     bundle_workflow(bundle_dirs["3d"], ["train.yaml"], **overrides).initialize()
+
+
+def test_the_options_of_a_config_file_merged_into_the_run_are_known(tmp_path, bundle_dirs, planned_models, samples):
+    """A user's own file in --config_file defines ids (as the torchrun test's case log does); a typo still fails."""
+    models = shutil.copytree(planned_models["3d"], tmp_path / "models")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("case_log: null\n")
+    files = [str(bundle_dirs["3d"] / "configs" / "train.yaml"), str(mine)]
+    common = {"bundle_root": str(bundle_dirs["3d"]), "ckpt_dir": str(models), "output_dir": str(tmp_path / "runs")}
+    create_workflow(config_file=files, workflow_type="train", case_log="cases.txt", **common)
+    with pytest.raises(RuntimeError) as raised:
+        create_workflow(config_file=files, workflow_type="train", case_logs="cases.txt", **common)
+    assert str(bundle_error_in(raised.value)).startswith("--case_logs: configs/train.yaml defines no such option; "
+                                                        "did you mean --case_log?")
 
 
 def test_a_bundle_root_without_the_config_files_is_refused(tmp_path, bundle_dirs):
