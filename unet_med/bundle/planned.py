@@ -142,14 +142,16 @@ def override_reasons(on_disk: Mapping[str, Any], effective: Mapping[str, Any]) -
 
 
 def check_dataset_against_plan(
-    dataset_dir: str | os.PathLike, plan: Mapping[str, Any], plan_file: str | os.PathLike
+    dataset_dir: str | os.PathLike, plan: Mapping[str, Any], plan_file: str | os.PathLike, training: bool = True
 ) -> list[dict[str, str]]:
     """The data check of training, for the plan's channels and classes, and the data compared with the plan's.
 
     ``dataset.json``'s channel names and labels must match the plan's ``in_channels`` and ``num_classes`` (a
     plan made for another data set), then every case is checked
-    (:func:`unet_med.bundle.dataset_check.check_dataset`), and the cases' fingerprint (cached beside the plan
-    file) must match the one the plan was made from (:func:`unet_med.bundle.plan_data.check_plan_fits_data`).
+    (:func:`unet_med.bundle.dataset_check.check_dataset`), and, for a training, the cases' fingerprint (cached
+    beside the plan file) must match the one the plan was made from
+    (:func:`unet_med.bundle.plan_data.check_plan_fits_data`). An evaluation (``training=False``) may score the
+    model on other data, an external test set; its scan check flags the cases unlike the training scans.
 
     Returns:
         The checked training cases.
@@ -168,8 +170,9 @@ def check_dataset_against_plan(
         raise BundleError(f"{path}: num_classes = {plan['num_classes']}: {dataset_dir} has {classes} labels, "
                           "background included; " + _replan_hint(path, plan["spatial_dims"]))
     cases = check_dataset(dataset_dir, plan["spatial_dims"], plan["in_channels"], plan["num_classes"])
-    fingerprint = compute_fingerprint(dataset_dir, path.with_name("fingerprint.json"), datalist=cases)
-    check_plan_fits_data(plan, path, fingerprint, dataset_dir)
+    if training:
+        fingerprint = compute_fingerprint(dataset_dir, path.with_name("fingerprint.json"), datalist=cases)
+        check_plan_fits_data(plan, path, fingerprint, dataset_dir)
     return cases
 
 
