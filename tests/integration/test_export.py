@@ -45,6 +45,7 @@ def exported(request, tmp_path_factory, bundle_dirs, child_env, planned_models):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     parser["ckpt_dir"] = str(out / "models")
+    parser["amp"] = False  # float32 windows, as the exports compute: no bfloat16 autocast on CPUs with its units
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
     torch.save({"model": network.state_dict(), "plan": parser.get_parsed_content("plan")}, out / "models" / "model.pt")
