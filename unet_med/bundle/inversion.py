@@ -24,6 +24,8 @@ from monai.transforms.utils import allow_missing_keys_mode
 from monai.utils import TraceKeys
 from monai.utils.type_conversion import get_torch_dtype_from_string
 
+from unet_med.bundle.errors import BundleError
+
 __all__ = ["InvertToLabelsd", "source_range"]
 
 # Float32 probabilities resampled per slab. A slab's buffers (its probabilities, the float32 copy MONAI's
@@ -77,7 +79,8 @@ class InvertToLabelsd(MapTransform):
     tied to rounding; the metadata (affine, ``filename_or_obj``, ...) is the scan's, as ``Invertd`` leaves it.
 
     The preprocessing must hold one ``Spacingd`` with ``bilinear`` or ``nearest`` interpolation and ``border``
-    or ``zeros`` padding, the ones a slab reproduces exactly.
+    or ``zeros`` padding, which read a point's neighbours only: a slab reproduces them exactly (splines filter
+    the whole volume, reflection reads beyond the slab).
 
     Args:
         keys: the class probabilities, ``C x spatial`` on the preprocessed grid.
@@ -87,7 +90,8 @@ class InvertToLabelsd(MapTransform):
         allow_missing_keys: skip absent keys.
 
     Raises:
-        ValueError: if ``transform`` holds no ``Spacingd`` or more than one.
+        BundleError: if ``transform`` holds no ``Spacingd`` or more than one, or one that slabs do not reproduce
+            (a config's mistake, named before any scan is read).
     """
 
     def __init__(self, keys: KeysCollection, transform: Compose, orig_keys: str = "image",
@@ -96,10 +100,18 @@ class InvertToLabelsd(MapTransform):
         invertible = [t for t in transform.flatten().transforms if isinstance(t, InvertibleTransform)]
         spacings = [index for index, t in enumerate(invertible) if isinstance(t, Spacingd)]
         if len(spacings) != 1:
-            raise ValueError(f"InvertToLabelsd: the preprocessing must hold one Spacingd, it holds {len(spacings)}")
+            raise BundleError(f"InvertToLabelsd: the preprocessing must hold one Spacingd, it holds {len(spacings)}.")
+        self.spacing: Spacingd = invertible[spacings[0]]
+        for mode, padding in zip(self.spacing.mode, self.spacing.padding_mode):
+            mode, padding = getattr(mode, "value", mode), getattr(padding, "value", padding)
+            if mode not in LOCAL_MODES or padding not in SLAB_PADDINGS:
+                raise BundleError(
+                    f"InvertToLabelsd: the preprocessing's Spacingd has mode {mode!r} and padding_mode {padding!r}; "
+                    f"a slab at a time gives Invertd's labels for modes {', '.join(LOCAL_MODES)} with padding_mode "
+                    f"{', '.join(SLAB_PADDINGS)} only."
+                )
         self.transform = transform
         self.before_spacing = invertible[: spacings[0]]
-        self.spacing: Spacingd = invertible[spacings[0]]
         self.after_spacing = invertible[spacings[0] + 1 :]
         self.orig_keys = orig_keys
         self.slab_bytes = slab_bytes
@@ -119,7 +131,7 @@ class InvertToLabelsd(MapTransform):
         for key in self.key_iterator(result):
             probabilities = torch.as_tensor(result[key]).detach()
             if probabilities.shape[0] > 256:
-                raise ValueError(f"InvertToLabelsd: {probabilities.shape[0]} classes do not fit a uint8 label map")
+                raise BundleError(f"InvertToLabelsd: {probabilities.shape[0]} classes do not fit a uint8 label map.")
             probabilities = MetaTensor(probabilities, meta=deepcopy(image.meta),
                                        applied_operations=deepcopy(image.applied_operations))
             probabilities = self._undo(self.after_spacing, probabilities)
@@ -132,9 +144,6 @@ class InvertToLabelsd(MapTransform):
         resampler = self.spacing.spacing_transform.sp_resample
         record = resampler.pop_transform(probabilities)
         info = record[TraceKeys.EXTRA_INFO]
-        if info["mode"] not in LOCAL_MODES or info["padding_mode"] not in SLAB_PADDINGS:
-            raise ValueError(f"InvertToLabelsd: Spacingd's mode {info['mode']!r} and padding "
-                             f"{info['padding_mode']!r}: slabs reproduce modes {LOCAL_MODES}, paddings {SLAB_PADDINGS}")
         align_corners = False if info["align_corners"] == TraceKeys.NONE else info["align_corners"]
         resample = SpatialResample(mode=info["mode"], padding_mode=info["padding_mode"], align_corners=align_corners,
                                    dtype=get_torch_dtype_from_string(info["dtype"]))

@@ -14,8 +14,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import AsDiscreted, Compose, Invertd, LoadImaged
+from monai.transforms import AsDiscreted, Compose, Invertd, LoadImaged, Spacingd
 
+from unet_med.bundle.errors import BundleError
 from unet_med.bundle.inversion import SLAB_BYTES, InvertToLabelsd
 
 # The scan: stored left-posterior-superior (not the RAS the preprocessing turns it to), thin slices in plane and
@@ -102,8 +103,16 @@ def test_without_resampling_the_labels_are_the_argmax(tmp_path, bundle_dirs):
 
 
 def test_refuses_a_preprocessing_without_spacing():
-    with pytest.raises(ValueError, match="one Spacingd, it holds 0"):
+    with pytest.raises(BundleError, match="one Spacingd, it holds 0"):
         InvertToLabelsd("pred", Compose([LoadImaged("image")]))
+
+
+@pytest.mark.parametrize(("mode", "padding_mode"), [(3, "border"), ("bilinear", "reflection")])
+def test_refuses_a_resampling_that_slabs_do_not_reproduce(mode, padding_mode):
+    """Splines filter the whole volume and reflection reads beyond the slab: refused before any scan is read."""
+    spacing = Spacingd("image", pixdim=PIXDIM, mode=mode, padding_mode=padding_mode)
+    with pytest.raises(BundleError, match=f"mode {mode!r} and padding_mode {padding_mode!r}"):
+        InvertToLabelsd("pred", Compose([LoadImaged("image"), spacing]))
 
 
 # Runs in a child process: the peak resident memory of the inversion alone (VmHWM reset before it), in bytes.
