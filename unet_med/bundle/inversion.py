@@ -9,6 +9,7 @@ argmax, as ``uint8``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Hashable, Mapping
 from copy import deepcopy
@@ -26,7 +27,7 @@ from monai.utils.type_conversion import get_torch_dtype_from_string
 
 from unet_med.bundle.errors import BundleError
 
-__all__ = ["InvertToLabelsd", "source_range"]
+__all__ = ["InvertToLabelsd", "cell_labels", "labels_by_cells", "source_range"]
 
 # Float32 probabilities resampled per slab. A slab's buffers (its probabilities, the float32 copy MONAI's
 # resampling returns, the sampling grid, the argmax) peaked at about 4x this; the time is the interpolation's, the
@@ -35,6 +36,10 @@ SLAB_BYTES = 16 * 2**20
 # Interpolations whose value at a point depends on its neighbours only, and paddings that a slab reproduces.
 LOCAL_MODES = ("bilinear", "nearest")
 SLAB_PADDINGS = ("border", "zeros")
+# Off-diagonal terms of the voxel-to-voxel map below which the grid counts as axis-aligned (voxel per voxel).
+AXIS_ALIGNED_TOL = 1e-9
+# Source coordinates this close to a voxel are on it (float32 grids, as MONAI's, are off by about 1e-6 voxel).
+SNAP = 1e-6
 
 
 def _shifted(affine: torch.Tensor, start: int) -> torch.Tensor:
@@ -65,6 +70,76 @@ def source_range(source_affine: torch.Tensor, target_affine: torch.Tensor, targe
     start = min(max(math.floor(along.min().item()) - 1, 0), source_length - 1)
     stop = min(max(math.ceil(along.max().item()) + 2, start + 1), source_length)
     return start, stop
+
+
+def _source_axis(scale: torch.Tensor, offset: torch.Tensor, length: int, source_length: int) -> torch.Tensor:
+    """Source voxel coordinates of a target axis, ``scale * index + offset``, within the source (``border``).
+
+    Coordinates within ``SNAP`` of a whole number are that number: a target voxel on a source voxel takes its
+    value exactly, as in exact arithmetic (the crop's zeros stay zeros, not a rounding error's share of a class).
+    """
+    coordinates = scale * torch.arange(length, dtype=torch.float64) + offset
+    nearest = coordinates.round()
+    coordinates = torch.where((coordinates - nearest).abs() < SNAP, nearest, coordinates)
+    return coordinates.clamp(0, source_length - 1)
+
+
+def cell_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The label shared by each voxel's cell: the voxel and its next neighbours, ``2 ** d`` voxels.
+
+    Past the far border along an axis, the last voxel stands in for its missing neighbour (``border`` padding).
+
+    Args:
+        labels: the source's argmax, ``spatial``.
+
+    Returns:
+        int16 of ``labels``' shape: the cell's label where all its voxels have it, else -1.
+    """
+    low = high = labels.to(torch.int16)
+    for axis in range(labels.ndim):
+        last = labels.shape[axis] - 1
+        low = torch.cat([low, low.narrow(axis, last, 1)], dim=axis)
+        high = torch.cat([high, high.narrow(axis, last, 1)], dim=axis)
+        low = torch.minimum(low.narrow(axis, 0, last + 1), low.narrow(axis, 1, last + 1))
+        high = torch.maximum(high.narrow(axis, 0, last + 1), high.narrow(axis, 1, last + 1))
+    return torch.where(low == high, low, -1)
+
+
+def labels_by_cells(voxels: torch.Tensor, cells: torch.Tensor, coordinates: list[torch.Tensor]) -> torch.Tensor:
+    """The argmax of ``source`` interpolated (bilinear, ``border`` padding) on a grid of source voxel coordinates.
+
+    A point in a cell whose voxels share their argmax takes it without interpolation: bilinear interpolation is
+    a convex combination of the cell's voxels, so the class above every other at each voxel stays above it (ties
+    go to the lower class index, as ``argmax`` breaks them). The other points are interpolated, all classes.
+
+    Args:
+        voxels: the source's probabilities, one row per voxel (``spatial`` flattened) and one column per class.
+        cells: :func:`cell_labels` of the source's argmax, ``spatial``.
+        coordinates: per axis, the grid's source voxel coordinates along that axis, within ``[0, size - 1]``.
+
+    Returns:
+        int16 labels of the grid's shape.
+    """
+    rank = len(coordinates)
+    lower = [position.floor().long() for position in coordinates]
+    labels = cells[tuple(index.reshape([-1 if a == d else 1 for a in range(rank)]) for d, index in enumerate(lower))]
+    points = (labels < 0).nonzero(as_tuple=True)
+    if points[0].numel() == 0:
+        return labels
+    strides = [math.prod(cells.shape[d + 1 :]) for d in range(rank)]
+    low = [lower[d][points[d]] for d in range(rank)]
+    fraction = [(coordinates[d][points[d]] - low[d]).to(voxels.dtype) for d in range(rank)]
+    # per axis, (row offset, weight) of the lower and the upper neighbour
+    sides = [((low[d] * strides[d], 1 - fraction[d]),
+              ((low[d] + 1).clamp(max=cells.shape[d] - 1) * strides[d], fraction[d])) for d in range(rank)]
+    values = torch.zeros(points[0].numel(), voxels.shape[1], dtype=voxels.dtype, device=voxels.device)
+    for corner in itertools.product(*sides):
+        rows, weight = corner[0]
+        for offset, factor in corner[1:]:
+            rows, weight = rows + offset, weight * factor
+        values.addcmul_(voxels[rows], weight[:, None])
+    labels[points] = values.argmax(dim=1).to(labels.dtype)
+    return labels
 
 
 class InvertToLabelsd(MapTransform):
@@ -151,21 +226,34 @@ class InvertToLabelsd(MapTransform):
         target_size = tuple(int(n) for n in record[TraceKeys.ORIG_SIZE])
         source_affine = torch.as_tensor(probabilities.affine, dtype=torch.float64)
         source = probabilities.as_tensor()
+        to_source = torch.linalg.solve(source_affine, target_affine)
         unchanged = source.shape[1:] == target_size and np.allclose(
-            torch.linalg.solve(source_affine, target_affine).numpy(), np.eye(len(target_affine)), atol=AFFINE_TOL)
+            to_source.numpy(), np.eye(len(target_affine)), atol=AFFINE_TOL)
+        # Bilinear, border, axis-aligned (Orientationd then Spacingd): per-axis coordinates, argmax by cells.
+        rotation = to_source[:-1, :-1]
+        by_cells = (info["mode"], info["padding_mode"], align_corners) == ("bilinear", "border", False) and bool(
+            torch.allclose(rotation, torch.diag(torch.diagonal(rotation)), rtol=0.0, atol=AXIS_ALIGNED_TOL))
+        if by_cells:
+            cells = cell_labels(source.argmax(dim=0))
+            voxels = source.reshape(source.shape[0], -1).T.contiguous()
+            axes = [_source_axis(to_source[d, d], to_source[d, -1], n, source.shape[d + 1]).to(source.device)
+                    for d, n in enumerate(target_size)]
         labels = torch.empty((1, *target_size), dtype=torch.uint8, device=source.device)
         plane = math.prod(target_size[:-1]) * source.shape[0] * 4
         thickness = max(1, self.slab_bytes // plane)
         for start in range(0, target_size[-1], thickness):
             stop = min(start + thickness, target_size[-1])
             if unchanged:  # Spacingd did not resample, so its inverse does not either
-                slab = source[..., start:stop]
+                slab_labels = source[..., start:stop].argmax(dim=0)
+            elif by_cells:
+                slab_labels = labels_by_cells(voxels, cells, [*axes[:-1], axes[-1][start:stop]])
             else:
                 slab_affine, slab_size = _shifted(target_affine, start), (*target_size[:-1], stop - start)
                 low, high = source_range(source_affine, slab_affine, slab_size, source.shape[-1])
                 slab_source = MetaTensor(source[..., low:high], affine=_shifted(source_affine, low))
                 with resample.trace_transform(False):
                     slab = resample(slab_source, dst_affine=slab_affine, spatial_size=slab_size).as_tensor()
-            labels[0, ..., start:stop] = slab.argmax(dim=0)
+                slab_labels = slab.argmax(dim=0)
+            labels[0, ..., start:stop] = slab_labels
         meta = {**probabilities.meta, "affine": target_affine}
         return MetaTensor(labels, meta=meta, applied_operations=probabilities.applied_operations)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import AsDiscreted, Compose, Invertd, LoadImaged, Spacingd
+from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, Spacingd
 
 from unet_med.bundle.errors import BundleError
 from unet_med.bundle.inversion import SLAB_BYTES, InvertToLabelsd
@@ -51,11 +51,21 @@ def bundle_transforms(bundle: Path, pixdim: tuple[float, ...]) -> tuple[Compose,
     return preprocessing, inversion
 
 
-def predicted(preprocessing: Compose, scan: Path) -> dict:
-    """The preprocessed scan and random class probabilities on its grid, as the evaluator hands them on."""
+def predicted(preprocessing: Compose, scan: Path, smooth: bool = False) -> dict:
+    """The preprocessed scan and class probabilities on its grid, as the evaluator hands them on.
+
+    Random per voxel, where neighbours' argmax mostly differ; or ``smooth``: each class nearest to a point of its
+    own, regions whose voxels share their argmax but near the regions' borders.
+    """
     data = preprocessing({"image": str(scan)})
+    shape = data["image"].shape[1:]
     torch.manual_seed(0)
-    logits = 3 * torch.randn(CLASSES, *data["image"].shape[1:])
+    if smooth:
+        grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, n) for n in shape], indexing="ij"))
+        centres = torch.rand(CLASSES, len(shape), *[1] * len(shape))
+        logits = -20 * ((grid[None] - centres) ** 2).sum(dim=1)
+    else:
+        logits = 3 * torch.randn(CLASSES, *shape)
     return {**data, "pred": MetaTensor(torch.softmax(logits, dim=0), meta=data["image"].meta)}
 
 
@@ -71,13 +81,14 @@ def tie_free(probabilities: torch.Tensor) -> torch.Tensor:
     return (top[0] - top[1] > TIE)[None]
 
 
+@pytest.mark.parametrize("smooth", [False, True], ids=["random", "smooth"])
 @pytest.mark.parametrize("slab_bytes", [1, SLAB_BYTES], ids=["one slice per slab", "default slabs"])
 @pytest.mark.parametrize("name", ["2d", "3d"])
-def test_labels_and_metadata_are_those_of_invertd_then_argmax(tmp_path, bundle_dirs, name, slab_bytes):
+def test_labels_and_metadata_are_those_of_invertd_then_argmax(tmp_path, bundle_dirs, name, slab_bytes, smooth):
     preprocessing, inversion = bundle_transforms(bundle_dirs[name], PIXDIM)
     inversion.slab_bytes = slab_bytes
     scan = write_scan(tmp_path / "scan.nii.gz", (40, 36, 23))
-    data = predicted(preprocessing, scan)
+    data = predicted(preprocessing, scan, smooth)
     reference, probabilities = invertd_then_argmax(preprocessing, dict(data))
 
     labels = inversion(dict(data))["pred"]
@@ -100,6 +111,22 @@ def test_without_resampling_the_labels_are_the_argmax(tmp_path, bundle_dirs):
     data = predicted(preprocessing, write_scan(tmp_path / "scan.nii.gz", (40, 36, 23)))
     reference, _ = invertd_then_argmax(preprocessing, dict(data))
     assert torch.equal(inversion(dict(data))["pred"], reference.to(torch.uint8))
+
+
+@pytest.mark.parametrize(("mode", "padding_mode"), [("nearest", "border"), ("bilinear", "zeros")])
+def test_other_resamplings_give_the_labels_of_invertd_then_argmax(tmp_path, mode, padding_mode):
+    """Resampling that the bundles do not use goes back through MONAI's own resampler, slab by slab."""
+    preprocessing = Compose([
+        LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS"),
+        Spacingd("image", pixdim=PIXDIM, mode=mode, padding_mode=padding_mode),
+    ])
+    data = predicted(preprocessing, write_scan(tmp_path / "scan.nii.gz", (40, 36, 23)))
+    reference, probabilities = invertd_then_argmax(preprocessing, dict(data))
+    labels = InvertToLabelsd("pred", preprocessing, slab_bytes=1)(dict(data))["pred"]
+    tie_free_voxels = tie_free(probabilities)
+    assert tie_free_voxels.float().mean() > 0.5
+    assert torch.equal(labels[tie_free_voxels], reference[tie_free_voxels].to(torch.uint8))
+    torch.testing.assert_close(labels.affine, torch.as_tensor(SCAN_AFFINE))
 
 
 def test_refuses_a_preprocessing_without_spacing():
