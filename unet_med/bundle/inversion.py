@@ -3,8 +3,9 @@
 The inference configs used to run ``Invertd`` on the class probabilities and then ``AsDiscreted(argmax=True)``:
 the whole float32 probability volume at the scan's resolution existed at once (2.5 GB for 8 classes on a
 512 x 512 x 300 CT). :class:`InvertToLabelsd` computes the same label map with the same interpolation, but
-resamples the probabilities back a slab at a time along the last spatial axis and keeps only each slab's
-argmax, as ``uint8``.
+a slab at a time along the last spatial axis, keeping only each slab's argmax, as ``uint8``. With the bundles'
+bilinear resampling it interpolates only where it must: a voxel whose source neighbours all have the same argmax
+has that label (:func:`labels_by_cells`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from unet_med.bundle.errors import BundleError
 
 __all__ = ["InvertToLabelsd", "cell_labels", "labels_by_cells", "source_range"]
 
-# Float32 probabilities resampled per slab. A slab's buffers (its probabilities, the float32 copy MONAI's
-# resampling returns, the sampling grid, the argmax) peaked at about 4x this; the time is the interpolation's, the
-# same for thin slabs and thick ones (one 320 x 320 x 160 label map of 8 classes: 13 s for 4, 16 and 64 MiB).
+# Float32 probabilities of one slab at the scan's resolution. Its buffers (the interpolated values, the gathered
+# neighbours, indices; with MONAI's resampler also its float32 copy and sampling grid) peak at a few times this;
+# thinner slabs did not cost time (MONAI's resampler, 8 classes at 320 x 320 x 160: 13 s for 4, 16 and 64 MiB).
 SLAB_BYTES = 16 * 2**20
 # Interpolations whose value at a point depends on its neighbours only, and paddings that a slab reproduces.
 LOCAL_MODES = ("bilinear", "nearest")
@@ -106,7 +107,7 @@ def cell_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 def labels_by_cells(voxels: torch.Tensor, cells: torch.Tensor, coordinates: list[torch.Tensor]) -> torch.Tensor:
-    """The argmax of ``source`` interpolated (bilinear, ``border`` padding) on a grid of source voxel coordinates.
+    """The argmax of a source's probabilities, interpolated (bilinear, ``border``) on a grid of source coordinates.
 
     A point in a cell whose voxels share their argmax takes it without interpolation: bilinear interpolation is
     a convex combination of the cell's voxels, so the class above every other at each voxel stays above it (ties
@@ -149,7 +150,9 @@ class InvertToLabelsd(MapTransform):
     probabilities: the preprocessing's transforms after its ``Spacingd`` (a crop) are undone on the
     probabilities, which are then resampled back to the scan's grid as ``Spacingd``'s own inverse does (its
     interpolation, padding and ``align_corners``), slab by slab along the last spatial axis, each slab's source
-    holding the neighbours its interpolation reads; the transforms before ``Spacingd`` (the orientation) are
+    holding the neighbours its interpolation reads (for the bundles' bilinear ``border`` resampling of an
+    axis-aligned grid, by :func:`labels_by_cells`: interpolated only where neighbouring source voxels' argmax
+    differ); the transforms before ``Spacingd`` (the orientation) are
     undone on the label map. Labels match the two-step path's wherever the two highest probabilities are not
     tied to rounding; the metadata (affine, ``filename_or_obj``, ...) is the scan's, as ``Invertd`` leaves it.
 
