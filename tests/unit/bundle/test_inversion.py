@@ -42,7 +42,8 @@ def bundle_transforms(bundle: Path, pixdim: tuple[float, ...]) -> tuple[Compose,
     """The bundle's preprocessing and its inversion, as ``configs/inference.yaml`` builds them for a plan."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    parser["plan"] = {"pixdim": list(pixdim), "normalization": [{"scheme": "zscore", "nonzero": True}]}
+    parser["plan"] = {"pixdim": list(pixdim), "normalization": [{"scheme": "zscore", "nonzero": True}],
+                      "spatial_dims": parser["spatial_dims"]}
     preprocessing = parser.get_parsed_content("preprocessing")
     steps = [i for i, t in enumerate(parser["postprocessing"]["transforms"]) if "InvertToLabelsd" in t["_target_"]]
     assert len(steps) == 1
