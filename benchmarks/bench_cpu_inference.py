@@ -8,8 +8,10 @@ existing one): 3 mm spacing, 8 classes, patch 96 x 80 x 20, features 16..128. Ev
 size (same kernels, strides, widths) and random weights, so the times count, not the labels.
 
 Each case runs in its own process; the table gives the wall time of the whole prediction (resampling in, windows,
-resampling back and argmax), the time of the windows alone, and the peak resident memory of the process (the
-synthetic volume included, the same in every case), each with its ratio to the first case.
+resampling back and argmax), the time of the windows alone, the rest (the steps outside the windows), and the peak
+resident memory of the process (the synthetic volume included, the same in every case), each with its ratio to
+the first case. ``ours`` goes back to the scan's grid as the bundles do (``InvertToLabelsd``, slab by slab);
+``ours, Invertd + argmax`` as they did before, all classes at the scan's size.
 
     python benchmarks/bench_cpu_inference.py --ct_example /data/ct_example                 # the full volume
     python benchmarks/bench_cpu_inference.py --ct_example /data/ct_example --quick         # 256 x 256 x 100
@@ -39,18 +41,21 @@ FULL = (512, 512, 300)
 QUICK = (256, 256, 100)
 SPACING = (0.7, 0.7, 2.5)
 
-# name: (network, window, overlap, sw_batch_size, CPUInferer's options or None). "plan" takes the plan's value.
-# MONAI's settings are the bundles' before this benchmark (and MONAI's DynUNet tutorial's): overlap 0.5, 4
-# windows per pass, gaussian blending. nnU-Net's are its defaults: tile step 0.5, gaussian, mirroring on.
+# name: (network, window, overlap, sw_batch_size, CPUInferer's options or None, way back to the scan's grid).
+# "plan" takes the plan's value. MONAI's settings are the bundles' before this benchmark (and MONAI's DynUNet
+# tutorial's): overlap 0.5, 4 windows per pass, gaussian blending, Invertd then argmax. nnU-Net's are its
+# defaults: tile step 0.5, gaussian, mirroring on. The way back: "slabs" is the bundles' InvertToLabelsd,
+# "Invertd" MONAI's Invertd (bilinear) of all classes at the scan's size, then the argmax.
 HALF_STITCHING = {"stitch_dtype": torch.float16}
 CASES = {
-    "ours": ("unet_med", "plan", "plan", "plan", HALF_STITCHING),
-    "ours, float32 stitching": ("unet_med", "plan", "plan", "plan", None),
-    "ours, channels-last": ("unet_med", "plan", "plan", "plan", {**HALF_STITCHING, "channels_last": True}),
-    "ours, window 128 x 128 x 40": ("unet_med", (128, 128, 40), "plan", 1, HALF_STITCHING),
-    "DynUNet, MONAI settings": ("dynunet", "plan", 0.5, 4, None),
-    "nnU-Net, no mirroring": ("nnunet", "plan", 0.5, 1, None),
-    "nnU-Net, mirroring": ("nnunet", "plan", 0.5, 1, None),
+    "ours": ("unet_med", "plan", "plan", "plan", HALF_STITCHING, "slabs"),
+    "ours, Invertd + argmax": ("unet_med", "plan", "plan", "plan", HALF_STITCHING, "Invertd"),
+    "ours, float32 stitching": ("unet_med", "plan", "plan", "plan", None, "slabs"),
+    "ours, channels-last": ("unet_med", "plan", "plan", "plan", {**HALF_STITCHING, "channels_last": True}, "slabs"),
+    "ours, window 128 x 128 x 40": ("unet_med", (128, 128, 40), "plan", 1, HALF_STITCHING, "slabs"),
+    "DynUNet, MONAI settings": ("dynunet", "plan", 0.5, 4, None, "Invertd"),
+    "nnU-Net, no mirroring": ("nnunet", "plan", 0.5, 1, None, "nnU-Net's"),
+    "nnU-Net, mirroring": ("nnunet", "plan", 0.5, 1, None, "nnU-Net's"),
 }
 # mirroring runs every window 8 times: on 2 cores it takes more than 10 minutes for the full volume
 DEFAULT_CASES = [name for name in CASES if name not in ("nnU-Net, mirroring", "ours, channels-last")]
@@ -242,11 +247,12 @@ def run_monai(kind: str, plan: dict, volume: np.ndarray, case: tuple) -> tuple[n
     """The bundle's inference path with MONAI transforms and ``SlidingWindowInferer``, for UNet or DynUNet."""
     from monai.data import MetaTensor
     from monai.inferers import SlidingWindowInferer
-    from monai.transforms import Spacing, SpatialResample
+    from monai.transforms import AsDiscrete, Compose, Invertd, Spacingd
 
+    from unet_med.bundle.inversion import InvertToLabelsd
     from unet_med.inferers import CPUInferer
 
-    _, window, overlap, sw_batch_size, fast_paths = case
+    _, window, overlap, sw_batch_size, fast_paths, way_back = case
     inference = plan["inference"]
     window = plan["patch_size"] if window == "plan" else window
     overlap = inference["overlap"] if overlap == "plan" else overlap
@@ -257,16 +263,22 @@ def run_monai(kind: str, plan: dict, volume: np.ndarray, case: tuple) -> tuple[n
         inferer = CPUInferer(inferer, **fast_paths)
     affine = torch.diag(torch.tensor([*SPACING, 1.0], dtype=torch.float64))
     image = MetaTensor(torch.from_numpy(volume)[None], affine=affine)
-    resampled = Spacing(pixdim=plan["pixdim"], mode="bilinear")(image)
+    preprocessing = Compose([Spacingd("image", pixdim=plan["pixdim"], mode="bilinear")])
+    data = preprocessing({"image": image})
     norm = plan["normalization"][0]
-    resampled = (resampled.clamp(*norm["clip"]) - norm["mean"]) / norm["std"]
+    resampled = (data["image"].clamp(*norm["clip"]) - norm["mean"]) / norm["std"]
     start = time.perf_counter()
     with torch.inference_mode():
         logits = inferer(resampled[None], network)[0]
     window_seconds = time.perf_counter() - start
-    probabilities = MetaTensor(torch.softmax(logits.float(), dim=0), affine=resampled.affine)
-    back = SpatialResample(mode="bilinear")(probabilities, dst_affine=affine, spatial_size=volume.shape)
-    return back.argmax(dim=0).to(torch.uint8).numpy(), window_seconds
+    data["pred"] = MetaTensor(torch.softmax(logits.float(), dim=0).as_subclass(torch.Tensor), meta=data["image"].meta)
+    del logits, resampled, image
+    if way_back == "slabs":
+        labels = InvertToLabelsd("pred", preprocessing)(data)["pred"]
+    else:
+        probabilities = Invertd("pred", preprocessing, orig_keys="image", nearest_interp=False)(data)["pred"]
+        labels = AsDiscrete(argmax=True)(probabilities).to(torch.uint8)
+    return labels[0].numpy(), window_seconds
 
 
 def run_case(name: str, shape: tuple[int, int, int], plan_path: Path) -> dict:
@@ -327,12 +339,14 @@ def main() -> None:
             print(f"  done: {name} ({results[-1]['seconds']:.0f} s)", file=sys.stderr)
     reference = results[0]
     ours = reference["case"]
-    print(f"| case | total s | x {ours} | windows s | x {ours} | peak GiB | x {ours} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| case | total s | x {ours} | windows s | x {ours} | outside windows s | x {ours} | peak GiB | x {ours} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    outside = {r["case"]: r["seconds"] - r["window_seconds"] for r in results}
     for r in results:
         print(
             f"| {r['case']} | {r['seconds']:.1f} | {r['seconds'] / reference['seconds']:.2f} "
             f"| {r['window_seconds']:.1f} | {r['window_seconds'] / reference['window_seconds']:.2f} "
+            f"| {outside[r['case']]:.1f} | {outside[r['case']] / outside[ours]:.2f} "
             f"| {r['peak_gib']:.2f} | {r['peak_gib'] / reference['peak_gib']:.2f} |"
         )
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")

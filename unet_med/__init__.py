@@ -10,7 +10,7 @@ from unet_med.losses import WeightedCELoss, WeightedDiceCELoss
 from unet_med.networks import UNet
 from unet_med.transforms import BorderWeightMapd, RandPaperElastic, RandPaperElasticd
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "BorderWeightMapd",

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 
 pytestmark = pytest.mark.bundle_cli
 
@@ -170,3 +171,19 @@ def test_a_one_case_data_set_is_refused_before_planning(tmp_path, samples, bundl
     assert one_line_error(result) == (f"unet-med: {data / 'dataset.json'} lists 1 training case(s): training needs "
                                       "at least 2, cases to train on and one to validate on")
     assert "fingerprint" not in result.stdout + result.stderr and not (tmp_path / "models").exists()
+
+
+def test_an_inversion_that_slabs_cannot_reproduce_is_one_line_before_any_scan(tmp_path, samples, bundle_dirs,
+                                                                                bundle_cli, planned_models):
+    """Cubic splines filter the whole volume: the slab-wise way back to the scan's grid refuses them."""
+    shutil.copytree(planned_models["3d"], tmp_path / "models")
+    config = yaml.safe_load((bundle_dirs["3d"] / "configs" / "inference.yaml").read_text())
+    [spacing] = [i for i, t in enumerate(config["preprocessing"]["transforms"]) if "Spacingd" in t["_target_"]]
+    scans = str(samples / "imagesTr" / "hippocampus_00[13].nii.gz")
+    result = bundle_cli(bundle_dirs["3d"], "configs/inference.yaml", tmp_path, "pred", "--datalist", scans,
+                        f"--preprocessing#transforms#{spacing}#mode", "3", check=False)
+    assert one_line_error(result) == (
+        "unet-med: InvertToLabelsd: the preprocessing's Spacingd has mode 3 and padding_mode 'border'; a slab at a "
+        "time gives Invertd's labels for modes bilinear, nearest with padding_mode border, zeros only."
+    )
+    assert not (tmp_path / "pred").exists()

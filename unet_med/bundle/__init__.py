@@ -21,6 +21,8 @@
   a refusal with ``--strict_scans true``.
 - :mod:`~unet_med.bundle.transforms`: ``PlanNormalized``, the plan's per-channel normalisation; ``IsolatedSpacingd``,
   the inference configs' resampling, safe in MONAI Label.
+- :mod:`~unet_med.bundle.inversion`: ``InvertToLabelsd``, predictions back to the scan's grid as a label map, one
+  slab at a time.
 - :mod:`~unet_med.bundle.options`: the training options, checked before anything is built.
 - :mod:`~unet_med.bundle.errors`: user errors, shown as one line at the command line.
 - :mod:`~unet_med.bundle.lock`: one training at a time per output folder.
