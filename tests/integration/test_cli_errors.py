@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from tests.integration.cli_output import one_line_error
 
 pytestmark = pytest.mark.bundle_cli
 
@@ -24,15 +25,6 @@ def hashes(folder: Path) -> dict[str, str]:
     """The SHA-256 of every file under ``folder``, by relative path."""
     files = sorted(path for path in folder.rglob("*") if path.is_file())
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The run's error line, after checking that it failed with status 1, one line and no traceback."""
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("unet-med: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.integration.cli_output import one_line_error
 from unet_med.bundle.io import PARTIAL_PREFIX
 from unet_med.bundle.lock import LOCK_NAME
 
@@ -18,15 +18,6 @@ pytestmark = pytest.mark.bundle_cli
 
 EVALUATE = "['configs/train.yaml','configs/evaluate.yaml']"
 CASES = "hippocampus_00[13].nii.gz"
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The run's error line, after checking that it failed with status 1, one line and no traceback."""
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("unet-med: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[0]
 
 
 def contents(folder: Path) -> dict[str, bytes]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.integration.cli_output import one_line_error
 from unet_med.bundle.io import PARTIAL_PREFIX, load_checkpoint
 from unet_med.bundle.lock import LOCK_NAME
 
@@ -36,13 +37,6 @@ def kept(before: dict[str, str], folder: Path) -> bool:
     """Whether every file of ``before`` is still in ``folder`` with the same content."""
     after = hashes(folder)
     return all(after.get(name) == digest for name, digest in before.items())
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("unet-med: ")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
-    return lines[0]
 
 
 def test_training_again_resuming_longer_or_shorter_and_overwriting(tmp_path, bundle_dirs, bundle_cli):

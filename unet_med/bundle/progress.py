@@ -48,8 +48,8 @@ def _bar(total: int, desc: str, unit: str, stream: TextIO | None) -> Any:
     return tqdm(total=total, desc=desc, unit=unit, leave=True, file=stream or sys.stdout, dynamic_ncols=True)
 
 
-class EpochProgress:
-    """A tqdm bar per epoch, or one log line per iteration.
+class _Progress:
+    """A tqdm bar, or log lines: what the epoch and the scan progress share.
 
     Args:
         mode: ``bar`` or ``lines`` (see :func:`progress_mode`).
@@ -60,7 +60,25 @@ class EpochProgress:
         self.mode = mode
         self.stream = stream
         self.logger = logging.getLogger(ITERATION_LOGGER)
-        self._bar = None
+        self._bar: Any = None
+
+    def close(self) -> None:
+        """Finish the current bar, if one is drawn."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class EpochProgress(_Progress):
+    """A tqdm bar per epoch, or one log line per iteration.
+
+    Args:
+        mode: ``bar`` or ``lines`` (see :func:`progress_mode`).
+        stream: where the bar is drawn; ``sys.stdout`` (the console log's stream) by default.
+    """
+
+    def __init__(self, mode: str, stream: TextIO | None = None) -> None:
+        super().__init__(mode, stream)
         self._losses: list[float] = []
 
     def start(self, epoch: int, max_epochs: int, iterations: int) -> None:
@@ -80,14 +98,8 @@ class EpochProgress:
             self._bar.set_postfix_str(f"loss {sum(self._losses) / len(self._losses):.4f}", refresh=False)
             self._bar.update(1)
 
-    def close(self) -> None:
-        """Finish the current bar, if one is drawn."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
-
-class ScanProgress:
+class ScanProgress(_Progress):
     """A tqdm bar over the scans of an inference or evaluation run, or one log line per scan.
 
     Args:
@@ -96,12 +108,9 @@ class ScanProgress:
     """
 
     def __init__(self, mode: str, stream: TextIO | None = None) -> None:
-        self.mode = mode
-        self.stream = stream
-        self.logger = logging.getLogger(ITERATION_LOGGER)
+        super().__init__(mode, stream)
         self.done = 0
         self.total = 0
-        self._bar = None
 
     def start(self, scans: int, desc: str) -> None:
         """Begin a run of ``scans`` scans, the bar labelled ``desc`` (``segmenting``, ``evaluating``)."""
@@ -117,12 +126,6 @@ class ScanProgress:
         if self._bar is not None:
             self._bar.set_postfix_str(case, refresh=False)
             self._bar.update(1)
-
-    def close(self) -> None:
-        """Finish the bar, if one is drawn."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 class _QuietConsole(logging.Filter):
