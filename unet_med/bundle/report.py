@@ -188,15 +188,17 @@ def summary_lines(
     return lines
 
 
-class _FreshStartRecords(logging.Filter):
-    """Drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh.
+class _RoutineEngineRecords(logging.Filter):
+    """Drops ignite's routine lines that the bundles' own lines replace.
 
-    MONAI's engines set up their state before ignite runs them, so ignite takes every run for a resumed one; the
-    line of a real resume (from epoch 1 or later) stays.
+    "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh: MONAI's engines set up their
+    state before ignite runs them, so ignite takes every run for a resumed one (the line of a real resume, from
+    epoch 1 or later, stays). "Engine run finished. Time taken: ...": the run's own summary says the time.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Engine run resuming from iteration 0, epoch 0 ")
+        message = record.getMessage()
+        return not message.startswith(("Engine run resuming from iteration 0, epoch 0 ", "Engine run finished. "))
 
 
 class TrainingReport:
@@ -216,7 +218,8 @@ class TrainingReport:
       (finished, interrupted by Ctrl-C or an error), the device and precision, the best Dice per class and
       its epoch, where the model and the logs are, the wall time and the commands to run next; a run found
       already finished (``--resume true`` after the last epoch) says only that, and how to train longer;
-    - drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh.
+    - drops ignite's "Engine run resuming from iteration 0, epoch 0" of a run that starts afresh, and its
+      "Engine run finished" after the summary.
 
     List it after the trainer's ``ValidationHandler``, so that an epoch's validation is done when its row is
     written.
@@ -295,7 +298,7 @@ class TrainingReport:
     def attach(self, engine: Engine) -> None:
         """Show and record ``engine``'s epochs and the validator's results; summarise when ``engine`` ends."""
         for logger in (engine.logger, self.validator.logger):
-            logger.addFilter(_FreshStartRecords())
+            logger.addFilter(_RoutineEngineRecords())
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch_bar)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)
@@ -462,6 +465,7 @@ class ScanReport:
 
         List it before MONAI's ``StatsHandler``, which re-raises an error before later handlers of the event see it.
         """
+        engine.logger.addFilter(_RoutineEngineRecords())
         engine.add_event_handler(Events.EPOCH_STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._scan_done)
         engine.add_event_handler(Events.COMPLETED, self._completed)
