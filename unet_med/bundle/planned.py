@@ -225,15 +225,21 @@ def _mismatch(
             f"use the plan this model was trained with ({_write_back_hint(model_file, plan_file)}), or train again")
 
 
+def _plan_in(model_file: str | os.PathLike) -> Mapping[str, Any] | None:
+    """The plan ``model_file`` records beside its weights, or ``None`` when it records none."""
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
+    return recorded if isinstance(recorded, Mapping) else None
+
+
 def recorded_plan(model_file: str | os.PathLike) -> dict[str, Any]:
     """The plan a ``model.pt`` saved by the bundles' training records beside its weights.
 
     Raises:
         BundleError: one line: a missing or refused file, or a model that records no plan.
     """
-    checkpoint = load_checkpoint(model_file, map_location="cpu")
-    recorded = checkpoint.get("plan") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(recorded, Mapping):
+    recorded = _plan_in(model_file)
+    if recorded is None:
         raise BundleError(f"{model_file}: records no plan (saved before plans, or not by the bundles' training): "
                           "train it again, or save it as {'model': state_dict, 'plan': the plan it was trained with}")
     return dict(recorded)
@@ -368,9 +374,8 @@ class PlanWriter:
         return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
     def _model_has_another_plan(self) -> bool:
-        saved = load_checkpoint(self.model_path, map_location="cpu")
-        recorded = saved.get("plan") if isinstance(saved, Mapping) else None
-        return not isinstance(recorded, Mapping) or _model_difference(recorded, self.plan) is not None
+        recorded = _plan_in(self.model_path)
+        return recorded is None or _model_difference(recorded, self.plan) is not None
 
     def __call__(self, engine: Engine) -> None:
         """Write the plan if it differs from the file, unless the file belongs to a model of another plan."""
